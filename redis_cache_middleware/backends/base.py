@@ -1,0 +1,31 @@
+"""The storage protocol the middleware needs: bytes in, bytes out, with a TTL. Backends know no HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+
+class BackendError(Exception):
+    """A backend call failed or timed out; the middleware serves the request without the cache."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Async key-value storage with expiry. Every method raises only `BackendError` on failure."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The value stored under `key`, or None when absent or expired."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store `value` under `key` for `ttl` seconds (rounded up to whole milliseconds)."""
+        ...
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        """Remove `keys`; the number that existed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the backend is not used afterwards."""
+        ...

@@ -1,0 +1,100 @@
+"""Canonical request keys: `{prefix}:{namespace}:{version}:{rule}:{digest}`.
+
+The digest is BLAKE2b-128 over length-prefixed fields, so no two different field lists encode alike:
+method (HEAD as GET), scheme and Host (unless the rule opts out), root path and raw path, the query as
+percent-decoded pairs sorted by name only, Content-Type, the body (JSON canonicalised), and the rule's
+`vary` headers (every occurrence, absent distinct from empty).
+"""
+
+from __future__ import annotations
+
+import re
+from hashlib import blake2b
+from operator import itemgetter
+from urllib.parse import unquote_to_bytes
+
+import orjson
+from starlette.types import Scope
+
+from .rules import CacheRule
+
+Headers = dict[bytes, list[bytes]]
+
+# orjson turns integer literals of 20+ digits into floats, where the app's json.loads keeps them exact.
+_LONG_NUMBER = re.compile(rb"\d{20}")
+
+
+def canonical_query(query_string: bytes) -> list[tuple[bytes, bytes]]:
+    """Percent-decoded (name, value) pairs sorted by name only: a repeated name keeps its values' order."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for part in query_string.split(b"&"):
+        if not part:
+            continue
+        name, _, value = part.partition(b"=")
+        if b"%" in part or b"+" in part:
+            name = unquote_to_bytes(name.replace(b"+", b" "))
+            value = unquote_to_bytes(value.replace(b"+", b" "))
+        pairs.append((name, value))
+    pairs.sort(key=itemgetter(0))
+    return pairs
+
+
+def canonical_body(content_type: bytes | None, body: bytes) -> bytes:
+    """JSON bodies re-serialised with sorted keys (tag `j`); anything else as its bytes (tag `r`)."""
+    if content_type is not None and _is_json(content_type) and not _LONG_NUMBER.search(body):
+        try:
+            return b"j" + orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONDecodeError:
+            pass
+    return b"r" + body
+
+
+def _is_json(content_type: bytes) -> bool:
+    media_type = content_type.partition(b";")[0].strip().lower()
+    return media_type == b"application/json" or media_type.endswith(b"+json")
+
+
+def canonical_request(rule: CacheRule, scope: Scope, headers: Headers, body: bytes | None) -> bytes:
+    """The unambiguous encoding of everything that selects a response for this request under `rule`."""
+    out: list[bytes] = []
+
+    def put(data: bytes) -> None:
+        out.append(len(data).to_bytes(4, "big"))
+        out.append(data)
+
+    def put_header(name: bytes) -> None:
+        values = headers.get(name, ())
+        out.append(len(values).to_bytes(2, "big"))
+        for value in values:
+            put(value)
+
+    method = str(scope["method"])
+    put(b"GET" if method == "HEAD" else method.encode("ascii"))
+    if rule.key_host:
+        put(str(scope.get("scheme", "http")).encode("ascii", "replace"))
+        put_header(b"host")
+    put(str(scope.get("root_path", "")).encode("utf-8", "surrogateescape"))
+    raw_path = scope.get("raw_path")
+    put(raw_path if isinstance(raw_path, bytes) else str(scope["path"]).encode("utf-8", "surrogateescape"))
+    query = scope.get("query_string", b"")
+    pairs = canonical_query(query if isinstance(query, bytes) else b"")
+    out.append(len(pairs).to_bytes(4, "big"))
+    for name, value in pairs:
+        put(name)
+        put(value)
+    put_header(b"content-type")
+    if body is None:
+        out.append(b"\x00")
+    else:
+        out.append(b"\x01")
+        content_type = headers.get(b"content-type")
+        put(canonical_body(content_type[0] if content_type else None, body))
+    for name in rule.vary_names:
+        put(name)
+        put_header(name)
+    return b"".join(out)
+
+
+def request_digest(rule: CacheRule, scope: Scope, headers: Headers, body: bytes | None) -> str:
+    """Fixed-length hex digest of the canonical request."""
+    return blake2b(canonical_request(rule, scope, headers, body), digest_size=16).hexdigest()

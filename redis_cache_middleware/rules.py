@@ -1,0 +1,107 @@
+"""Cache rules: which requests are cached, for how long, and how they are keyed."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from re import Pattern
+
+from starlette.routing import compile_path
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "QUERY", "OPTIONS"})
+_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(:[a-zA-Z_][a-zA-Z0-9_]*)?}")
+
+
+@dataclass(frozen=True)
+class CacheRule:
+    """Cache responses to `methods` on `path` (exact, or a Starlette template like `/items/{id}`) for `ttl` s.
+
+    `statuses` are the cacheable status codes; `vary` names request headers that become part of the key;
+    `max_body_bytes` bounds a stored response and `max_request_bytes` the request body read for the key;
+    `key_host=False` leaves scheme and Host out of the key (only when one host is guaranteed); `name` is
+    the readable key segment (default: the path, with `{param}` written `<param>`).
+    """
+
+    path: str
+    ttl: float
+    methods: Sequence[str] = ("GET",)
+    statuses: Iterable[int] = (200,)
+    vary: Sequence[str] = ()
+    max_body_bytes: int = 1024 * 1024
+    max_request_bytes: int = 64 * 1024
+    key_host: bool = True
+    name: str | None = None
+    # Derived once at construction; not arguments.
+    regex: Pattern[str] | None = field(init=False, repr=False, compare=False)
+    method_set: frozenset[str] = field(init=False, repr=False, compare=False)
+    status_set: frozenset[int] = field(init=False, repr=False, compare=False)
+    vary_names: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    key_name: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise ValueError(f"CacheRule path must start with '/': {self.path!r}")
+        if isinstance(self.ttl, bool) or not isinstance(self.ttl, int | float) or not self.ttl > 0:
+            raise ValueError(f"CacheRule ttl must be a positive number of seconds: {self.ttl!r}")
+        if isinstance(self.methods, str):
+            raise ValueError(f"CacheRule methods must be a sequence of names, not a string: {self.methods!r}")
+        methods = frozenset(m.upper() for m in self.methods)
+        if not methods or not methods <= _METHODS:
+            raise ValueError(f"CacheRule methods must be among {sorted(_METHODS)}: {self.methods!r}")
+        if "GET" in methods:
+            methods |= {"HEAD"}
+        statuses = frozenset(self.statuses)
+        if not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
+            raise ValueError(f"CacheRule statuses must be HTTP status codes: {self.statuses!r}")
+        if isinstance(self.vary, str):
+            raise ValueError(f"CacheRule vary must be a sequence of header names: {self.vary!r}")
+        for limit in ("max_body_bytes", "max_request_bytes"):
+            if not isinstance(getattr(self, limit), int) or getattr(self, limit) < 0:
+                raise ValueError(f"CacheRule {limit} must be a non-negative int")
+        name = self.name if self.name is not None else _PARAM.sub(r"<\1>", self.path)
+        if not name or any(c in name for c in "{}: \r\n"):
+            raise ValueError(f"CacheRule name must be non-empty without braces, ':' or spaces: {name!r}")
+        regex = compile_path(self.path)[0] if _PARAM.search(self.path) else None
+        object.__setattr__(self, "regex", regex)
+        object.__setattr__(self, "method_set", methods)
+        object.__setattr__(self, "status_set", statuses)
+        object.__setattr__(
+            self, "vary_names", tuple(sorted({h.lower().encode("latin-1") for h in self.vary}))
+        )
+        object.__setattr__(self, "key_name", name)
+
+
+class RuleMatcher:
+    """Finds the first rule, in the order given, whose path and method match a request."""
+
+    def __init__(self, rules: Sequence[CacheRule]) -> None:
+        self._exact: dict[str, list[tuple[int, CacheRule]]] = {}
+        self._templates: list[tuple[int, CacheRule]] = []
+        for index, rule in enumerate(rules):
+            if not isinstance(rule, CacheRule):
+                raise TypeError(f"rules must be CacheRule instances, got {rule!r}")
+            if rule.regex is None:
+                self._exact.setdefault(rule.path, []).append((index, rule))
+            else:
+                self._templates.append((index, rule))
+        names = [rule.key_name for rule in rules]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"CacheRule names must be unique (give name=...): {sorted(duplicates)}")
+
+    def match(self, method: str, path: str) -> CacheRule | None:
+        """The matching rule, or None when the request is not cached by any rule."""
+        for index, rule in self._exact.get(path, ()):
+            if method in rule.method_set:
+                best_index, best = index, rule
+                break
+        else:
+            best_index, best = sys.maxsize, None
+        for index, rule in self._templates:
+            if index >= best_index:
+                break
+            if method in rule.method_set and rule.regex is not None and rule.regex.match(path):
+                return rule
+        return best
