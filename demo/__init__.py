@@ -1,0 +1,1 @@
+"""Demo: an iris classifier served by FastAPI behind CacheMiddleware."""

@@ -1,0 +1,92 @@
+"""FastAPI app serving the iris model; `/predict` is cached by CacheMiddleware."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, Query
+from pydantic import BaseModel
+
+from demo.train import default_model_path, default_n_estimators, load_or_train
+from redis_cache_middleware import Backend, CacheMiddleware, CacheRule
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Features(BaseModel):
+    """The four iris measurements, in centimetres."""
+
+    sepal_length: float
+    sepal_width: float
+    petal_length: float
+    petal_width: float
+
+
+class Prediction(BaseModel):
+    """Predicted iris class index, as a string."""
+
+    prediction: str
+
+
+def model_version(path: Path) -> str:
+    """Return `model-` plus the first 12 hex chars of the sha256 of the file at `path`."""
+    return "model-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def create_app(
+    *,
+    redis_url: str | None = None,
+    backend: Backend | None = None,
+    model_path: Path | None = None,
+    n_estimators: int | None = None,
+) -> FastAPI:
+    """Build the app, loading (or training) the model now; uses `backend` if given, else `redis_url`."""
+    path = model_path if model_path is not None else default_model_path()
+    trees = n_estimators if n_estimators is not None else default_n_estimators()
+    model = load_or_train(path, trees)
+    version = model_version(path)
+
+    def predict(sepal_length: float, sepal_width: float, petal_length: float, petal_width: float) -> str:
+        return str(int(model.predict([[sepal_length, sepal_width, petal_length, petal_width]])[0]))
+
+    app = FastAPI(title="iris demo")
+    app.state.model = model
+    app.state.model_version = version
+
+    @app.get("/predict")
+    def predict_get(
+        sepal_length: Annotated[float, Query()],
+        sepal_width: Annotated[float, Query()],
+        petal_length: Annotated[float, Query()],
+        petal_width: Annotated[float, Query()],
+    ) -> Prediction:
+        """Classify the measurements given as query parameters."""
+        return Prediction(prediction=predict(sepal_length, sepal_width, petal_length, petal_width))
+
+    @app.post("/predict")
+    def predict_post(features: Features) -> Prediction:
+        """Classify the measurements given as a JSON body."""
+        return Prediction(
+            prediction=predict(
+                features.sepal_length, features.sepal_width, features.petal_length, features.petal_width
+            )
+        )
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        """Liveness probe; never cached."""
+        return {"status": "ok"}
+
+    rule = CacheRule("/predict", ttl=int(os.environ.get("DEMO_TTL", "300")), methods=("GET", "POST"))
+    url = None if backend is not None else redis_url or os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    app.add_middleware(
+        CacheMiddleware, redis_url=url, backend=backend, rules=[rule], namespace="iris", version=version
+    )
+    logger.info("app ready: model %s (%d trees), cache version %s", path, trees, version)
+    return app
