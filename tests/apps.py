@@ -1,0 +1,116 @@
+"""A small Starlette app whose endpoints count their calls, wrapped in the cache for tests."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from redis_cache_middleware import Backend, CacheMiddleware, CacheRule
+
+
+class CountingApp:
+    """Endpoints that report how often they ran, so a test can tell a hit (no call) from a miss."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def predict(self, request: Request) -> Response:
+        self.calls["predict"] += 1
+        body = await request.body()
+        return JSONResponse(
+            {
+                "query": request.query_params.multi_items(),
+                "body": body.decode("latin-1"),
+                "host": request.headers.get("host"),
+                "language": request.headers.get("accept-language"),
+                "call": self.calls["predict"],
+            }
+        )
+
+    async def echo(self, request: Request) -> Response:
+        self.calls["echo"] += 1
+        body = await request.body()
+        return JSONResponse({"sha256": hashlib.sha256(body).hexdigest(), "length": len(body)})
+
+    async def status(self, request: Request) -> Response:
+        self.calls["status"] += 1
+        return PlainTextResponse(
+            f"status call {self.calls['status']}", status_code=int(request.path_params["code"])
+        )
+
+    async def headers(self, request: Request) -> Response:
+        """Responds with the headers named in the query, e.g. `?cache-control=no-store`."""
+        self.calls["headers"] += 1
+        response = PlainTextResponse(f"headers call {self.calls['headers']}")
+        for name, value in request.query_params.multi_items():
+            response.headers.append(name, value)
+        return response
+
+    async def big(self, request: Request) -> Response:
+        self.calls["big"] += 1
+        return PlainTextResponse("x" * int(request.query_params["size"]))
+
+    async def stream(self, request: Request) -> Response:
+        self.calls["stream"] += 1
+        parts = int(request.query_params.get("parts", "3"))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(parts):
+                yield f"chunk{i};".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    async def item(self, request: Request) -> Response:
+        self.calls["item"] += 1
+        return JSONResponse({"item": request.path_params["item_id"], "call": self.calls["item"]})
+
+    async def other(self, request: Request) -> Response:
+        self.calls["other"] += 1
+        return PlainTextResponse("other")
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    def starlette(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/predict", self.predict, methods=["GET", "POST", "PUT"]),
+                Route("/echo", self.echo, methods=["POST"]),
+                Route("/status/{code:int}", self.status),
+                Route("/headers", self.headers),
+                Route("/big", self.big),
+                Route("/stream", self.stream),
+                Route("/items/{item_id}", self.item),
+                Route("/other", self.other),
+                WebSocketRoute("/ws", self.websocket),
+            ]
+        )
+
+
+DEFAULT_RULES = (
+    CacheRule("/predict", ttl=60, methods=("GET", "POST")),
+    CacheRule("/echo", ttl=60, methods=("POST",), max_request_bytes=1024),
+    CacheRule("/status/{code:int}", ttl=60, statuses=(200, 404)),
+    CacheRule("/headers", ttl=60),
+    CacheRule("/big", ttl=60, max_body_bytes=1000),
+    CacheRule("/stream", ttl=60, max_body_bytes=100),
+    CacheRule("/items/{item_id}", ttl=60),
+)
+
+
+def cached_app(backend: Backend, rules: Any = DEFAULT_RULES, **options: Any) -> tuple[Starlette, CountingApp]:
+    """The counting app with the cache added in one call, as a user would."""
+    counting = CountingApp()
+    app = counting.starlette()
+    app.add_middleware(CacheMiddleware, backend=backend, rules=list(rules), namespace="test", **options)
+    return app, counting

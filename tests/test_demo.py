@@ -1,0 +1,96 @@
+"""The iris demo: cached predictions equal the model's, and `python -m demo` works as the README says."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sklearn.datasets import load_iris
+
+from demo.app import create_app
+from redis_cache_middleware import RedisBackend
+
+from .conftest import client_for
+from .redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model") / "iris.joblib"
+
+
+async def test_cached_predictions_equal_the_model(
+    backend: RedisBackend, redis_client: redis.Redis, model_path: Path
+) -> None:
+    app = create_app(backend=backend, model_path=model_path, n_estimators=10)
+    model = app.state.model
+    samples = load_iris().data[::15]
+    async with client_for(app) as client:
+        for row in samples:
+            expected = str(int(model.predict([row])[0]))
+            params = dict(zip(FEATURES, map(float, row), strict=True))
+            for _ in range(2):
+                got = await client.get("/predict", params=params)
+                posted = await client.post("/predict", json=params)
+                assert got.json() == posted.json() == {"prediction": expected}
+            assert got.headers["x-cache"] == posted.headers["x-cache"] == "HIT"
+        health = await client.get("/health")
+    assert "x-cache" not in health.headers
+    keys = list(redis_client.scan_iter("rcm:iris:*"))
+    assert len(keys) == 2 * len(samples)
+    assert all(0 < redis_client.ttl(k) <= 300 for k in keys)
+
+
+@pytest.fixture
+def demo_server(redis_server: RedisServer, model_path: Path) -> Iterator[str]:
+    """`python -m demo` as a newcomer runs it, on a free port."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "REDIS_URL": redis_server.url,
+        "DEMO_MODEL_PATH": str(model_path),
+        "DEMO_TREES": "10",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "demo"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1):
+                    break
+            except OSError:
+                assert process.poll() is None, "the demo server exited"
+                assert time.monotonic() < deadline, "the demo server did not come up"
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+
+
+def test_demo_server_and_verify(demo_server: str, redis_client: redis.Redis) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "demo.verify", "--url", demo_server], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:4]] == [
+        ["GET", "MISS"],
+        ["GET", "HIT"],
+        ["POST", "MISS"],
+        ["POST", "HIT"],
+    ]
+    assert len(list(redis_client.scan_iter("rcm:iris:*"))) == 2
