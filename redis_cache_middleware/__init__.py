@@ -1,8 +1,17 @@
 """A Redis response cache for Starlette/FastAPI apps, added with one `add_middleware` call."""
 
 from .backends import Backend, BackendError, MemoryBackend, RedisBackend
+from .breaker import CircuitBreaker
 from .middleware import CacheMiddleware
 from .rules import CacheRule
 
-__all__ = ["Backend", "BackendError", "CacheMiddleware", "CacheRule", "MemoryBackend", "RedisBackend"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "CacheMiddleware",
+    "CacheRule",
+    "CircuitBreaker",
+    "MemoryBackend",
+    "RedisBackend",
+]
 __version__ = "0.1.0"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 
@@ -10,11 +9,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import policy
 from .backends import Backend, BackendError, RedisBackend
+from .breaker import CircuitBreaker
 from .entry import Entry, decode, encode
 from .keys import Headers, request_digest
 from .rules import CacheRule, RuleMatcher
-
-logger = logging.getLogger(__name__)
 
 _SAFE_KEY_PART = frozenset("{}: \t\r\n")
 _BODYLESS_METHODS = frozenset({"GET", "HEAD"})
@@ -39,6 +37,7 @@ class CacheMiddleware:
         prefix: str = "rcm",
         timeout: float = 0.05,
         cache_name: str = "redis-cache",
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if (redis_url is None) == (backend is None):
             raise ValueError("CacheMiddleware needs exactly one of redis_url= or backend=")
@@ -52,8 +51,7 @@ class CacheMiddleware:
         )
         self.key_prefix = f"{prefix}:{namespace}:{version}:"
         self.cache_name = cache_name
-        self._errors_since_warning = 0
-        self._last_warning = 0.0
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,13 +77,17 @@ class CacheMiddleware:
                 await self._bypass(scope, receive, send, "request-too-large")
                 return
 
+        if not self.breaker.allow():
+            await self._bypass(scope, receive, send, "circuit-open")
+            return
         key = self.key_prefix + rule.key_name + ":" + request_digest(rule, scope, headers, body)
         try:
             data = await self.backend.get(key)
         except BackendError as exc:
-            self._backend_failed(exc)
+            self.breaker.failure(exc)
             await self._bypass(scope, receive, send, "backend-error")
             return
+        self.breaker.success()
 
         now = time.time()
         entry = decode(data, key) if data is not None else None
@@ -125,23 +127,15 @@ class CacheMiddleware:
         await self.app(scope, receive, send_with_headers)
 
     async def store(self, key: str, entry: Entry) -> None:
-        """Write an entry; a failure is logged and dropped, never raised into the response."""
+        """Write an entry; a failure is counted by the breaker and dropped, never retried or raised."""
+        if not self.breaker.allow():
+            return
         try:
             await self.backend.set(key, encode(entry), entry.ttl)
         except BackendError as exc:
-            self._backend_failed(exc)
-
-    def _backend_failed(self, exc: BackendError) -> None:
-        self._errors_since_warning += 1
-        now = time.monotonic()
-        if now - self._last_warning >= 10.0:
-            logger.warning(
-                "cache backend unavailable, serving without cache (%d failures): %s",
-                self._errors_since_warning,
-                exc,
-            )
-            self._errors_since_warning = 0
-            self._last_warning = now
+            self.breaker.failure(exc)
+        else:
+            self.breaker.success()
 
 
 class MissResponder:
