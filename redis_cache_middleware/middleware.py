@@ -97,6 +97,10 @@ class CacheMiddleware:
         responder = MissResponder(self, send, rule, key, store=method != "HEAD")
         await self.app(scope, receive, responder.send)
 
+    def stats(self) -> dict[str, object]:
+        """Counters and state for operators: currently the circuit breaker's."""
+        return {"breaker": self.breaker.snapshot()}
+
     async def aclose(self) -> None:
         """Close the backend's connections."""
         await self.backend.aclose()
