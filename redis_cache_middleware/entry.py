@@ -1,24 +1,37 @@
-"""The stored response: a compact, versioned, self-checking binary record (never pickle).
+"""Stored records: a compact, versioned, self-checking binary format (never pickle), optionally signed.
 
-Layout: `b"RCM"`, one format-version byte, a 4-byte big-endian metadata length, the metadata as an
-orjson array `[key, status, created, ttl, body_length, [[name, value], ...]]`, then the body bytes.
+Layout: a 3-byte magic (`RCM` a response, `RCV` a Vary marker), one format-version byte, a 4-byte
+big-endian metadata length, the metadata as an orjson array, then the body bytes. With a signing key the
+record ends with a 32-byte HMAC-SHA256 of everything before it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import hmac
+from dataclasses import dataclass, field
 
 import orjson
 
-MAGIC = b"RCM"
-FORMAT_VERSION = 1
-_HEAD = MAGIC + bytes([FORMAT_VERSION])
-_PREFIX_LEN = len(_HEAD) + 4
+FORMAT_VERSION = 2
+_RESPONSE = b"RCM" + bytes([FORMAT_VERSION])
+_VARY = b"RCV" + bytes([FORMAT_VERSION])
+_PREFIX_LEN = len(_RESPONSE) + 4
+_MAC_LEN = 32
+
+# Entry.flags bits
+MUST_REVALIDATE = 1  # never served stale (RFC 9111 section 5.2.2.2)
+REVALIDATABLE = 2  # honor_origin entry with a validator: revalidate with the app when stale
 
 
 @dataclass(slots=True)
 class Entry:
-    """A response as stored: `created` is a Unix time, `ttl` its freshness lifetime in seconds."""
+    """A stored response. `created` is a Unix time; the entry is fresh while `age < ttl`.
+
+    `initial_age` is the age the response already had when stored (RFC 9111 section 4.2.3); `etag` its
+    strong validator; `delta` the seconds the app took to produce it (for early refresh); `vary` the
+    response's Vary fields that selected this variant beyond the rule's own.
+    """
 
     key: str
     status: int
@@ -26,17 +39,31 @@ class Entry:
     body: bytes
     created: float
     ttl: float
+    etag: bytes = b""
+    delta: float = 0.0
+    initial_age: float = 0.0
+    flags: int = 0
+    last_modified: bytes = b""
+    vary: tuple[bytes, ...] = field(default=())
 
     def age(self, now: float) -> float:
-        """Seconds since the entry was stored (never negative, whatever the clocks say)."""
-        return max(0.0, now - self.created)
+        """Seconds since the response was generated (never negative, whatever the clocks say)."""
+        return self.initial_age + max(0.0, now - self.created)
 
     def is_fresh(self, now: float) -> bool:
         return self.age(now) < self.ttl
 
 
-def encode(entry: Entry) -> bytes:
-    """Serialise an entry; `decode(encode(e), e.key)` gives it back."""
+@dataclass(slots=True)
+class VaryMarker:
+    """Stored at a primary key when responses vary on headers the rule does not key: their names."""
+
+    key: str
+    names: tuple[bytes, ...]
+
+
+def encode(entry: Entry, signing_key: bytes | None = None) -> bytes:
+    """Serialise an entry; `decode(encode(e, k), e.key, k)` gives it back."""
     meta = orjson.dumps(
         [
             entry.key,
@@ -45,23 +72,79 @@ def encode(entry: Entry) -> bytes:
             entry.ttl,
             len(entry.body),
             [[name.decode("latin-1"), value.decode("latin-1")] for name, value in entry.headers],
+            entry.etag.decode("latin-1"),
+            entry.delta,
+            entry.initial_age,
+            entry.flags,
+            entry.last_modified.decode("latin-1"),
+            [name.decode("latin-1") for name in entry.vary],
         ]
     )
-    return b"".join((_HEAD, len(meta).to_bytes(4, "big"), meta, entry.body))
+    return _seal(b"".join((_RESPONSE, len(meta).to_bytes(4, "big"), meta, entry.body)), signing_key)
 
 
-def decode(data: bytes, key: str) -> Entry | None:
-    """The entry stored under `key`, or None when `data` is corrupt, truncated, of another format or key."""
-    if not data.startswith(_HEAD) or len(data) < _PREFIX_LEN:
+def encode_marker(marker: VaryMarker, signing_key: bytes | None = None) -> bytes:
+    meta = orjson.dumps([marker.key, [name.decode("latin-1") for name in marker.names]])
+    return _seal(b"".join((_VARY, len(meta).to_bytes(4, "big"), meta)), signing_key)
+
+
+def decode(data: bytes, key: str, signing_key: bytes | None = None) -> Entry | VaryMarker | None:
+    """The record stored under `key`, or None when it is corrupt, truncated, unsigned or mis-signed when a
+    signing key is set, of another format version, or written for another key."""
+    if signing_key is not None:
+        body, mac = data[:-_MAC_LEN], data[-_MAC_LEN:]
+        if len(data) < _MAC_LEN or not hmac.compare_digest(mac, _mac(body, signing_key)):
+            return None
+        data = body
+    head = data[: len(_RESPONSE)]
+    if len(data) < _PREFIX_LEN or head not in (_RESPONSE, _VARY):
         return None
-    meta_end = _PREFIX_LEN + int.from_bytes(data[len(_HEAD) : _PREFIX_LEN], "big")
+    meta_end = _PREFIX_LEN + int.from_bytes(data[len(_RESPONSE) : _PREFIX_LEN], "big")
     try:
-        stored_key, status, created, ttl, body_length, raw_headers = orjson.loads(data[_PREFIX_LEN:meta_end])
+        meta = orjson.loads(data[_PREFIX_LEN:meta_end])
+        if head == _VARY:
+            stored_key, names = meta
+            if stored_key != key or meta_end != len(data):
+                return None
+            return VaryMarker(key, tuple(name.encode("latin-1") for name in names))
+        (
+            stored_key,
+            status,
+            created,
+            ttl,
+            body_length,
+            raw_headers,
+            etag,
+            delta,
+            initial_age,
+            flags,
+            lm,
+            vary,
+        ) = meta
         if stored_key != key or len(data) - meta_end != body_length:
             return None
         headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in raw_headers]
-    except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError, UnicodeEncodeError):
+        return Entry(
+            key,
+            int(status),
+            headers,
+            data[meta_end:],
+            float(created),
+            float(ttl),
+            etag.encode("latin-1"),
+            float(delta),
+            float(initial_age),
+            int(flags),
+            lm.encode("latin-1"),
+            tuple(name.encode("latin-1") for name in vary),
+        )
+    except (ValueError, TypeError, AttributeError, UnicodeEncodeError):
         return None
-    if not (isinstance(status, int) and isinstance(created, int | float) and isinstance(ttl, int | float)):
-        return None
-    return Entry(key, status, headers, data[meta_end:], float(created), float(ttl))
+
+
+def _seal(data: bytes, signing_key: bytes | None) -> bytes:
+    return data if signing_key is None else data + _mac(data, signing_key)
+
+
+def _mac(data: bytes, signing_key: bytes) -> bytes:
+    return hmac.new(signing_key, data, hashlib.sha256).digest()

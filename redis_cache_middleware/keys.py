@@ -3,7 +3,8 @@
 The digest is BLAKE2b-128 over length-prefixed fields, so no two different field lists encode alike:
 method (HEAD as GET), scheme and Host (unless the rule opts out), root path and raw path, the query as
 percent-decoded pairs sorted by name only, Content-Type, the body (JSON canonicalised), and the rule's
-`vary` headers (every occurrence, absent distinct from empty).
+`vary` headers (every occurrence, absent distinct from empty), the URL-rewriting headers that proxies set,
+and for private rules the credentials.
 """
 
 from __future__ import annotations
@@ -19,6 +20,25 @@ from starlette.types import Scope
 from .rules import CacheRule
 
 Headers = dict[bytes, list[bytes]]
+
+# Fields that proxies and frameworks use to rewrite the URL, host, scheme or method. An app may reflect
+# them into a response, so they are always keyed: a request carrying one never shares an entry with one
+# that does not (web cache poisoning through unkeyed headers).
+URL_REWRITING_HEADERS = (
+    b"forwarded",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-forwarded-scheme",
+    b"x-forwarded-port",
+    b"x-forwarded-prefix",
+    b"x-forwarded-server",
+    b"x-host",
+    b"x-original-url",
+    b"x-rewrite-url",
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+)
 
 # orjson turns integer literals of 20+ digits into floats, where the app's json.loads keeps them exact.
 _LONG_NUMBER = re.compile(rb"\d{20}")
@@ -54,7 +74,9 @@ def _is_json(content_type: bytes) -> bool:
     return media_type == b"application/json" or media_type.endswith(b"+json")
 
 
-def canonical_request(rule: CacheRule, scope: Scope, headers: Headers, body: bytes | None) -> bytes:
+def canonical_request(
+    rule: CacheRule, scope: Scope, headers: Headers, body: bytes | None, credentials: tuple[bytes, ...] = ()
+) -> bytes:
     """The unambiguous encoding of everything that selects a response for this request under `rule`."""
     out: list[bytes] = []
 
@@ -92,9 +114,29 @@ def canonical_request(rule: CacheRule, scope: Scope, headers: Headers, body: byt
     for name in rule.vary_names:
         put(name)
         put_header(name)
+    for name in URL_REWRITING_HEADERS:
+        put_header(name)
+    if rule.private:
+        for name in credentials:
+            put(name)
+            put_header(name)
     return b"".join(out)
 
 
-def request_digest(rule: CacheRule, scope: Scope, headers: Headers, body: bytes | None) -> str:
-    """Fixed-length hex digest of the canonical request."""
-    return blake2b(canonical_request(rule, scope, headers, body), digest_size=16).hexdigest()
+def request_digest(
+    rule: CacheRule, scope: Scope, headers: Headers, body: bytes | None, credentials: tuple[bytes, ...] = ()
+) -> str:
+    """Fixed-length hex digest of the canonical request; a private rule adds the `credentials` fields."""
+    return blake2b(canonical_request(rule, scope, headers, body, credentials), digest_size=16).hexdigest()
+
+
+def variant_key(primary_key: str, names: tuple[bytes, ...], headers: Headers) -> str:
+    """The key of the variant selected by the request's values of the response's Vary `names`."""
+    base, _, digest = primary_key.rpartition(":")
+    out = [digest.encode()]
+    for name in names:
+        values = headers.get(name, ())
+        out += [len(name).to_bytes(4, "big"), name, len(values).to_bytes(2, "big")]
+        for value in values:
+            out += [len(value).to_bytes(4, "big"), value]
+    return base + ":" + blake2b(b"".join(out), digest_size=16).hexdigest()

@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import policy
 from .backends import Backend, BackendError, RedisBackend
 from .breaker import CircuitBreaker
-from .entry import Entry, decode, encode
-from .keys import Headers, request_digest
+from .coalesce import SingleFlight, wait
+from .entry import MUST_REVALIDATE, REVALIDATABLE, Entry, VaryMarker, decode, encode, encode_marker
+from .keys import Headers, request_digest, variant_key
 from .rules import CacheRule, RuleMatcher
+
+logger = logging.getLogger(__name__)
 
 _SAFE_KEY_PART = frozenset("{}: \t\r\n")
 _BODYLESS_METHODS = frozenset({"GET", "HEAD"})
+_CONDITIONAL_HEADERS = frozenset({b"if-none-match", b"if-modified-since"})
+
+
+@dataclass(slots=True)
+class _Request:
+    """What the middleware knows of one matched request."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    rule: CacheRule
+    headers: Headers
+    body: bytes | None
+    primary_key: str
+    head: bool
 
 
 class CacheMiddleware:
@@ -38,12 +61,26 @@ class CacheMiddleware:
         timeout: float = 0.05,
         cache_name: str = "redis-cache",
         breaker: CircuitBreaker | None = None,
+        credential_headers: Sequence[str] = ("authorization", "cookie", "x-api-key"),
+        allow_client_refresh: bool = False,
+        cache_headers: bool = True,
+        debug: bool = False,
+        signing_key: bytes | str | None = None,
+        coalesce: bool = True,
+        coalesce_timeout: float = 10.0,
+        hit_for_miss: float = 0.0,
     ) -> None:
         if (redis_url is None) == (backend is None):
             raise ValueError("CacheMiddleware needs exactly one of redis_url= or backend=")
         for label, part in (("prefix", prefix), ("namespace", namespace), ("version", version)):
             if not part or _SAFE_KEY_PART.intersection(part):
                 raise ValueError(f"CacheMiddleware {label} must be non-empty without braces, ':' or spaces")
+        if isinstance(credential_headers, str):
+            raise ValueError("CacheMiddleware credential_headers must be a sequence of header names")
+        if not coalesce_timeout > 0 or hit_for_miss < 0:
+            raise ValueError(
+                "CacheMiddleware coalesce_timeout must be positive and hit_for_miss non-negative"
+            )
         self.app = app
         self.rules = RuleMatcher(rules)
         self.backend: Backend = (
@@ -52,6 +89,15 @@ class CacheMiddleware:
         self.key_prefix = f"{prefix}:{namespace}:{version}:"
         self.cache_name = cache_name
         self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.credential_headers = tuple(h.lower().encode("latin-1") for h in credential_headers)
+        self.allow_client_refresh = allow_client_refresh
+        self.cache_headers = cache_headers
+        self.debug = debug
+        self.signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        self.coalesce = coalesce
+        self.coalesce_timeout = coalesce_timeout
+        self.flights = SingleFlight(hit_for_miss)
+        self._background: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,11 +109,18 @@ class CacheMiddleware:
             await self.app(scope, receive, send)
             return
 
-        headers: Headers = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name.lower(), []).append(value)
-        if not policy.CREDENTIAL_HEADERS.isdisjoint(headers):
+        headers = policy.headers_map(scope["headers"])
+        if method in rule.invalidating_methods:
+            await self._forward_invalidating(scope, receive, send, rule, headers)
+            return
+        if not rule.private and any(name in headers for name in self.credential_headers):
             await self._bypass(scope, receive, send, "credentials")
+            return
+        directives = (
+            policy.parse_cache_control(headers[b"cache-control"]) if b"cache-control" in headers else {}
+        )
+        if self.allow_client_refresh and "no-store" in directives:
+            await self._bypass(scope, receive, send, "request-no-store")
             return
 
         body: bytes | None = None
@@ -80,112 +133,442 @@ class CacheMiddleware:
         if not self.breaker.allow():
             await self._bypass(scope, receive, send, "circuit-open")
             return
-        key = self.key_prefix + rule.key_name + ":" + request_digest(rule, scope, headers, body)
+        digest = request_digest(rule, scope, headers, body, self.credential_headers)
+        request = _Request(
+            scope,
+            receive,
+            send,
+            rule,
+            headers,
+            body,
+            self.key_prefix + rule.key_name + ":" + digest,
+            method == "HEAD",
+        )
         try:
-            data = await self.backend.get(key)
+            entry = await self._lookup(request)
         except BackendError as exc:
             self.breaker.failure(exc)
             await self._bypass(scope, receive, send, "backend-error")
             return
         self.breaker.success()
 
-        now = time.time()
-        entry = decode(data, key) if data is not None else None
-        if entry is not None and entry.is_fresh(now):
-            await self._send_hit(entry, method == "HEAD", now, send)
+        if entry is not None:
+            now = time.time()
+            age = entry.age(now)
+            if self._client_refuses(directives, entry, age):
+                await self._miss(request, entry, "fwd=request")
+                return
+            if age < entry.ttl:
+                if rule.early_refresh is not None and _xfetch(entry, age, rule.early_refresh):
+                    self._refresh(request)
+                await self._send_entry(request, entry, age, "HIT", "hit", f"ttl={math.ceil(entry.ttl - age)}")
+                return
+            if not entry.flags & MUST_REVALIDATE and age < entry.ttl + rule.stale_while_revalidate:
+                self._refresh(request)
+                await self._send_entry(
+                    request, entry, age, "STALE", "hit", f"ttl={math.floor(entry.ttl - age)}"
+                )
+                return
+            if entry.flags & REVALIDATABLE:
+                await self._miss(request, entry, "fwd=stale", revalidate=True)
+                return
+        if "only-if-cached" in directives:
+            await self._send_only_if_cached(request)
             return
-        responder = MissResponder(self, send, rule, key, store=method != "HEAD")
-        await self.app(scope, receive, responder.send)
+        await self._miss(request, entry, "fwd=uri-miss" if entry is None else "fwd=stale")
 
     def stats(self) -> dict[str, object]:
-        """Counters and state for operators: currently the circuit breaker's."""
-        return {"breaker": self.breaker.snapshot()}
+        """Counters and state for operators: the circuit breaker's, and computations in flight."""
+        return {"breaker": self.breaker.snapshot(), "in_flight": len(self.flights)}
 
     async def aclose(self) -> None:
-        """Close the backend's connections."""
+        """Wait for background refreshes, then close the backend's connections."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.backend.aclose()
 
-    async def _send_hit(self, entry: Entry, head: bool, now: float, send: Send) -> None:
-        age = entry.age(now)
-        headers = [
-            *entry.headers,
-            (b"content-length", str(len(entry.body)).encode()),
-            (b"age", str(int(age)).encode()),
-            (b"x-cache", b"HIT"),
-            (b"cache-status", policy.cache_status(self.cache_name, "hit", f"ttl={int(entry.ttl - age)}")),
-        ]
-        await send({"type": "http.response.start", "status": entry.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if head else entry.body})
+    async def _lookup(self, request: _Request) -> Entry | None:
+        """The stored entry for the request, following a Vary marker to the selected variant."""
+        key = request.primary_key
+        data = await self.backend.get(key)
+        record = decode(data, key, self.signing_key) if data is not None else None
+        if isinstance(record, VaryMarker):
+            key = variant_key(key, record.names, request.headers)
+            data = await self.backend.get(key)
+            record = decode(data, key, self.signing_key) if data is not None else None
+        return record if isinstance(record, Entry) else None
+
+    def _client_refuses(self, directives: dict[str, str | None], entry: Entry, age: float) -> bool:
+        """Whether the request's own Cache-Control rules out the stored entry (RFC 9111 section 5.2.1);
+        only when clients are allowed to force a refresh."""
+        if not directives or not self.allow_client_refresh:
+            return False
+        if "no-cache" in directives:
+            return True
+        max_age = policy.delta_seconds(directives.get("max-age"))
+        if max_age is not None and age > max_age:
+            return True
+        min_fresh = policy.delta_seconds(directives.get("min-fresh"))
+        return min_fresh is not None and entry.ttl - age < min_fresh
+
+    async def _miss(self, request: _Request, stale: Entry | None, fwd: str, revalidate: bool = False) -> None:
+        """Run the app for the request, at most once per key at a time in this process when coalescing."""
+        if request.head or not self.coalesce or self.flights.known_uncacheable(request.primary_key):
+            await self._fetch(request, stale, fwd, revalidate, None)
+            return
+        flight = self.flights.in_flight(request.primary_key)
+        if flight is not None:
+            entry = await wait(flight, self.coalesce_timeout)
+            if entry is not None and entry.key == self._entry_key(request, entry.vary):
+                await self._send_entry(request, entry, 0.0, "HIT", "fwd=uri-miss", "collapsed")
+            else:
+                await self._fetch(request, stale, fwd, revalidate, None)
+            return
+        future = self.flights.lead(request.primary_key)
+        task = asyncio.create_task(self._fetch(request, stale, fwd, revalidate, future))
+        task.add_done_callback(lambda done: self._flight_done(request.primary_key, future, done))
+        await asyncio.shield(task)
+
+    def _flight_done(self, key: str, future: asyncio.Future[Entry | None], task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("computation for %s failed: %r", key, task.exception())
+        self.flights.finish(key, future, None)
+
+    async def _fetch(
+        self,
+        request: _Request,
+        stale: Entry | None,
+        fwd: str,
+        revalidate: bool,
+        flight: asyncio.Future[Entry | None] | None,
+    ) -> None:
+        """Call the app; store and forward its response, or answer from `stale` when the app fails."""
+        scope = request.scope
+        if revalidate and stale is not None:
+            scope = {**scope, "headers": _conditional_headers(scope["headers"], stale)}
+        responder = MissResponder(self, request, stale, fwd, revalidate, flight)
+        try:
+            await self.app(scope, request.receive, responder.send)
+        except Exception:
+            if responder.started or not self._serves_stale_on_error(request.rule, stale):
+                raise
+            assert stale is not None
+            logger.debug("app failed for %s, serving stale entry", request.primary_key)
+            await self._send_entry(
+                request, stale, stale.age(time.time()), "STALE", "fwd=stale", "detail=stale-if-error"
+            )
+
+    def _serves_stale_on_error(self, rule: CacheRule, stale: Entry | None) -> bool:
+        return (
+            stale is not None
+            and not stale.flags & MUST_REVALIDATE
+            and stale.age(time.time()) < stale.ttl + rule.stale_if_error
+        )
+
+    def _refresh(self, request: _Request) -> None:
+        """Recompute the entry in the background, once per key at a time; the client is not waiting."""
+        if self.flights.in_flight(request.primary_key) is not None:
+            return
+        future = self.flights.lead(request.primary_key)
+        body = request.body if request.body is not None else b""
+        background = _Request(
+            dict(request.scope),
+            _replay([{"type": "http.request", "body": body, "more_body": False}], _never),
+            _discard,
+            request.rule,
+            request.headers,
+            request.body,
+            request.primary_key,
+            False,
+        )
+        task = asyncio.create_task(self._fetch(background, None, "fwd=stale", False, future))
+        self._background.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.warning(
+                    "background refresh of %s failed: %r", request.primary_key, finished.exception()
+                )
+            self.flights.finish(request.primary_key, future, None)
+
+        task.add_done_callback(done)
+
+    def _entry_key(self, request: _Request, vary: tuple[bytes, ...]) -> str:
+        return variant_key(request.primary_key, vary, request.headers) if vary else request.primary_key
+
+    def _status_headers(self, request: _Request, x_cache: bytes, *params: str) -> list[tuple[bytes, bytes]]:
+        if not self.cache_headers:
+            return []
+        if self.debug:
+            params = (*params, f'key="{request.primary_key}"')
+        return [(b"x-cache", x_cache), (b"cache-status", policy.cache_status(self.cache_name, *params))]
+
+    async def _send_entry(
+        self, request: _Request, entry: Entry, age: float, x_cache: str, *params: str
+    ) -> None:
+        """Answer from a stored entry: 304 when the request's conditions hold, no body for HEAD."""
+        if (
+            200 <= entry.status < 300
+            and not _CONDITIONAL_HEADERS.isdisjoint(request.headers)
+            and (policy.not_modified(request.headers, entry.etag, entry.last_modified))
+        ):
+            status, headers, body = 304, policy.not_modified_headers(entry.headers), b""
+        else:
+            status, headers, body = entry.status, list(entry.headers), entry.body
+            if status in policy.BODYLESS_STATUSES:
+                body = b""
+            else:
+                headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"age", str(int(age)).encode()))
+        headers += self._status_headers(request, x_cache.encode(), *params)
+        await request.send({"type": "http.response.start", "status": status, "headers": headers})
+        await request.send({"type": "http.response.body", "body": b"" if request.head else body})
+
+    async def _send_only_if_cached(self, request: _Request) -> None:
+        """RFC 9111 section 5.2.1.7: nothing stored to answer with, so 504."""
+        headers = [(b"content-length", b"0"), *self._status_headers(request, b"MISS", "fwd=miss")]
+        await request.send({"type": "http.response.start", "status": 504, "headers": headers})
+        await request.send({"type": "http.response.body", "body": b""})
 
     async def _bypass(self, scope: Scope, receive: Receive, send: Send, reason: str) -> None:
-        extra = [
-            (b"x-cache", b"BYPASS"),
-            (b"cache-status", policy.cache_status(self.cache_name, "fwd=bypass", f"detail={reason}")),
-        ]
+        extra = []
+        if self.cache_headers:
+            status = policy.cache_status(self.cache_name, "fwd=bypass", f"detail={reason}")
+            extra = [(b"x-cache", b"BYPASS"), (b"cache-status", status)]
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and extra:
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
-    async def store(self, key: str, entry: Entry) -> None:
-        """Write an entry; a failure is counted by the breaker and dropped, never retried or raised."""
-        if not self.breaker.allow():
-            return
+    async def _forward_invalidating(
+        self, scope: Scope, receive: Receive, send: Send, rule: CacheRule, headers: Headers
+    ) -> None:
+        """Run an unsafe request; after a 2xx/3xx, drop the GET entry for its URL (RFC 9111 section 4.4)
+        before the response ends."""
+        get_headers = {name: values for name, values in headers.items() if name != b"content-type"}
+        digest = request_digest(rule, {**scope, "method": "GET"}, get_headers, None, self.credential_headers)
+        key = self.key_prefix + rule.key_name + ":" + digest
+        status = 0
+
+        async def send_and_invalidate(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and 200 <= status < 400
+                and self.breaker.allow()
+            ):
+                try:
+                    await self.backend.delete([key])
+                except BackendError as exc:
+                    self.breaker.failure(exc)
+                else:
+                    self.breaker.success()
+            await send(message)
+
+        await self.app(scope, receive, send_and_invalidate)
+
+    async def store(self, entry: Entry, rule: CacheRule, primary_key: str) -> bool:
+        """Write an entry (and the Vary marker that leads to it); a failure is counted by the breaker and
+        dropped, never retried or raised."""
+        keep = max(entry.ttl, rule.ttl if entry.flags & REVALIDATABLE else 0.0)
+        if not entry.flags & MUST_REVALIDATE:
+            keep += max(rule.stale_while_revalidate, rule.stale_if_error)
+        if keep <= 0 or not self.breaker.allow():
+            return False
         try:
-            await self.backend.set(key, encode(entry), entry.ttl)
+            if entry.vary:
+                marker = encode_marker(VaryMarker(primary_key, entry.vary), self.signing_key)
+                await self.backend.set(primary_key, marker, keep)
+            await self.backend.set(entry.key, encode(entry, self.signing_key), keep)
         except BackendError as exc:
             self.breaker.failure(exc)
-        else:
-            self.breaker.success()
+            return False
+        self.breaker.success()
+        return True
 
 
 class MissResponder:
-    """Wraps `send` on a miss: marks the response, and stores it before its last body message goes out."""
+    """Wraps `send` while the app answers a miss. Holds the start message until the first body chunk (so a
+    one-chunk response gets its ETag and conditional answer), copies the body while within the rule's
+    limit, and stores the entry before the last chunk goes out. On a revalidation 304 it freshens the
+    stale entry; on a 5xx within `stale_if_error` it answers from the stale entry instead."""
 
-    def __init__(self, cache: CacheMiddleware, send: Send, rule: CacheRule, key: str, *, store: bool) -> None:
+    def __init__(
+        self,
+        cache: CacheMiddleware,
+        request: _Request,
+        stale: Entry | None,
+        fwd: str,
+        revalidate: bool,
+        flight: asyncio.Future[Entry | None] | None,
+    ) -> None:
         self.cache = cache
-        self.downstream = send
-        self.rule = rule
-        self.key = key
-        self.storing = store
+        self.request = request
+        self.stale = stale
+        self.fwd = fwd
+        self.revalidate = revalidate
+        self.flight = flight
+        self.began = time.time()
+        self.start: Message | None = None
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.started = False
+        self.mode = "forward"
+        self.storage = policy.Storage("head")
+        self.storing = False
         self.chunks: list[bytes] = []
         self.size = 0
+        self.client_gone = False
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            self.status = message["status"]
-            headers = list(message.get("headers", ()))
-            if self.storing and not message.get("trailers", False):
-                self.storing = policy.unstorable_reason(self.rule, self.status, headers) is None
-            else:
-                self.storing = False
-            self.headers = policy.stored_headers(headers) if self.storing else []
-            params = ("fwd=uri-miss", "stored") if self.storing else ("fwd=uri-miss",)
-            headers.append((b"x-cache", b"MISS"))
-            headers.append((b"cache-status", policy.cache_status(self.cache.cache_name, *params)))
-            message = {**message, "headers": headers}
-        elif kind == "http.response.body" and self.storing:
-            chunk: bytes = message.get("body", b"")
+            self.started = True
+            self.start = message
+            status: int = message["status"]
+            self.status, self.headers = status, list(message.get("headers", ()))
+            if self.revalidate and status == 304:
+                self.mode = "freshen"
+            elif status >= 500 and self.cache._serves_stale_on_error(self.request.rule, self.stale):
+                self.mode = "stale"
+            elif not self.request.head and not message.get("trailers", False):
+                self.storage = policy.storage(self.request.rule, status, self.headers, time.time())
+                self.storing = self.storage.reason is None
+            return
+        if kind != "http.response.body":
+            self.storing = False
+            await self._flush_start()
+            await self._forward(message)
+            return
+
+        more = message.get("more_body", False)
+        if self.mode != "forward":
+            if not more:
+                await self._answer_from_stale()
+            return
+        chunk: bytes = message.get("body", b"")
+        if self.storing:
             self.size += len(chunk)
-            if self.size > self.rule.max_body_bytes:
+            if self.size > self.request.rule.max_body_bytes:
                 self.storing = False
                 self.chunks = []
             else:
                 self.chunks.append(chunk)
-                if not message.get("more_body", False):
-                    entry = Entry(
-                        self.key, self.status, self.headers, b"".join(self.chunks), time.time(), self.rule.ttl
-                    )
-                    await self.cache.store(self.key, entry)
-        elif kind != "http.response.body":
-            self.storing = False
-        await self.downstream(message)
+        if self.storing and not more:
+            entry, stored = await self._store(b"".join(self.chunks))
+            if self.start is not None:
+                params = (self.fwd, "stored") if stored else (self.fwd,)
+                await self.cache._send_entry(self.request, entry, entry.initial_age, "MISS", *params)
+                return
+        await self._flush_start()
+        await self._forward(message)
+
+    async def _store(self, body: bytes) -> tuple[Entry, bool]:
+        """Build and write the entry; hand it to coalesced waiters once stored."""
+        storage = self.storage
+        headers = policy.stored_headers(self.headers)
+        etag = storage.etag
+        if not etag:
+            etag = policy.strong_etag(body)
+            headers.append((b"etag", etag))
+        now = time.time()
+        entry = Entry(
+            self.cache._entry_key(self.request, storage.vary),
+            self.status,
+            headers,
+            body,
+            now,
+            storage.ttl,
+            etag,
+            now - self.began,
+            storage.initial_age,
+            storage.flags,
+            storage.last_modified,
+            storage.vary,
+        )
+        stored = await self.cache.store(entry, self.request.rule, self.request.primary_key)
+        if self.flight is not None and stored:
+            self.cache.flights.finish(self.request.primary_key, self.flight, entry)
+        return entry, stored
+
+    async def _answer_from_stale(self) -> None:
+        """End of a 304 (freshen and serve the stored entry) or of a 5xx (serve the stale entry)."""
+        stale = self.stale
+        assert stale is not None
+        if self.mode == "stale":
+            await self.cache._send_entry(
+                self.request,
+                stale,
+                stale.age(time.time()),
+                "STALE",
+                "fwd=stale",
+                f"fwd-status={self.status}",
+                "detail=stale-if-error",
+            )
+            return
+        headers = policy.freshened_headers(stale.headers, self.headers)
+        now = time.time()
+        storage = policy.storage(self.request.rule, stale.status, headers, now)
+        entry = Entry(
+            stale.key,
+            stale.status,
+            headers,
+            stale.body,
+            now,
+            storage.ttl,
+            stale.etag,
+            stale.delta,
+            storage.initial_age,
+            storage.flags | (stale.flags & REVALIDATABLE),
+            stale.last_modified,
+            stale.vary,
+        )
+        if storage.reason is None:
+            await self.cache.store(entry, self.request.rule, self.request.primary_key)
+            if self.flight is not None:
+                self.cache.flights.finish(self.request.primary_key, self.flight, entry)
+        await self.cache._send_entry(
+            self.request, entry, entry.initial_age, "HIT", "fwd=stale", "fwd-status=304"
+        )
+
+    async def _flush_start(self) -> None:
+        if self.start is None:
+            return
+        params = (self.fwd, "stored") if self.storing else (self.fwd,)
+        headers = self.headers + self.cache._status_headers(self.request, b"MISS", *params)
+        start, self.start = {**self.start, "headers": headers}, None
+        await self._forward(start)
+
+    async def _forward(self, message: Message) -> None:
+        """Send to the client; once it is gone, keep quiet so the computation can finish for the cache."""
+        if self.client_gone:
+            return
+        try:
+            await self.request.send(message)
+        except OSError:
+            self.client_gone = True
+
+
+def _xfetch(entry: Entry, age: float, beta: float) -> bool:
+    """Probabilistic early expiration (Vattani et al., VLDB 2015): true ever more often as expiry nears."""
+    return age - entry.delta * beta * math.log(1.0 - random.random()) >= entry.ttl
+
+
+def _conditional_headers(headers: list[tuple[bytes, bytes]], stale: Entry) -> list[tuple[bytes, bytes]]:
+    """Request headers that ask the app whether the stale entry is still current (RFC 9111 section 4.3.1)."""
+    kept = [(name, value) for name, value in headers if name.lower() not in _CONDITIONAL_HEADERS]
+    if stale.etag:
+        kept.append((b"if-none-match", stale.etag))
+    if stale.last_modified:
+        kept.append((b"if-modified-since", stale.last_modified))
+    return kept
 
 
 async def _read_body(receive: Receive, headers: Headers, limit: int) -> tuple[bytes | None, Receive]:
@@ -223,6 +606,16 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+async def _never() -> Message:
+    """The `receive` of a background refresh after its body: no client, so nothing ever arrives."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+async def _discard(message: Message) -> None:
+    """The `send` of a background refresh: nobody is listening."""
 
 
 def _route_path(scope: Scope) -> str:

@@ -1,12 +1,18 @@
-"""HTTP caching rules as plain functions over headers: no I/O, no state."""
+"""HTTP caching rules as plain functions over headers: no I/O, no state. Sections are RFC 9111's unless
+another RFC is named."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from hashlib import blake2b
 
+from .entry import MUST_REVALIDATE, REVALIDATABLE
 from .rules import CacheRule
 
 RawHeaders = Iterable[tuple[bytes, bytes]]
+HeaderMap = dict[bytes, list[bytes]]
 
 # RFC 9110 section 7.6.1: connection-specific fields a cache must not store or forward from storage.
 HOP_BY_HOP = frozenset(
@@ -22,64 +28,196 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Never stored: hop-by-hop fields, cookies (one client's state), and fields recomputed on every hit.
+# Never stored: hop-by-hop fields, cookies (one client's state), fields recomputed on every hit, and the
+# app's tag header (stripped before any client sees it).
 NOT_STORED = HOP_BY_HOP | {b"set-cookie", b"content-length", b"age", b"x-cache", b"cache-status"}
-# Request fields that carry a client's identity: such requests are neither answered from nor stored.
-CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie"})
+# Request fields that carry a client's identity by default: such requests bypass unless the rule is private.
+CREDENTIAL_HEADERS = (b"authorization", b"cookie", b"x-api-key")
+# Section 4.2.2: statuses that may be given a heuristic lifetime.
+HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# RFC 9110 section 15.4.5: what a 304 carries of the stored response.
+NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
+)
+BODYLESS_STATUSES = frozenset({204, 304})
+HEURISTIC_FRACTION = 0.1
+
+
+def headers_map(headers: RawHeaders) -> HeaderMap:
+    """Every field's values under its lowercased name, in order."""
+    collected: HeaderMap = {}
+    for name, value in headers:
+        collected.setdefault(name.lower(), []).append(value)
+    return collected
 
 
 def parse_cache_control(values: Iterable[bytes]) -> dict[str, str | None]:
-    """Directives of one or more Cache-Control fields, lowercased, quotes removed (RFC 9111 section 5.2)."""
+    """Directives of one or more Cache-Control fields, lowercased, quotes removed (section 5.2)."""
     directives: dict[str, str | None] = {}
     for value in values:
         for part in value.decode("latin-1").split(","):
             name, sep, argument = part.strip().partition("=")
             if name:
-                directives.setdefault(name.lower(), argument.strip().strip('"') if sep else None)
+                directives.setdefault(name.strip().lower(), argument.strip().strip('"') if sep else None)
     return directives
 
 
-def unstorable_reason(rule: CacheRule, status: int, headers: RawHeaders) -> str | None:
-    """Why a response may not be stored under `rule`, or None when it may (RFC 9111 section 3)."""
+def delta_seconds(value: str | None) -> int | None:
+    """A delta-seconds argument (section 1.2.2), or None when missing or malformed."""
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+def parse_http_date(value: bytes) -> float | None:
+    """An HTTP-date (RFC 9110 section 5.6.7) as a Unix time, or None when invalid."""
+    try:
+        parsed = parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.timestamp()
+
+
+def strong_etag(body: bytes) -> bytes:
+    """A strong validator derived from the body, for responses the app sent without one."""
+    return b'"' + blake2b(body, digest_size=12).hexdigest().encode() + b'"'
+
+
+@dataclass(slots=True)
+class Storage:
+    """How a response may be stored: `reason` is why not (None when it may), `ttl` its freshness lifetime."""
+
+    reason: str | None
+    ttl: float = 0.0
+    initial_age: float = 0.0
+    flags: int = 0
+    etag: bytes = b""
+    last_modified: bytes = b""
+    vary: tuple[bytes, ...] = ()
+
+
+def storage(rule: CacheRule, status: int, headers: RawHeaders, now: float) -> Storage:
+    """Whether and for how long a response may be stored under `rule` (section 3; section 4.2 with
+    `honor_origin`). `vary` lists the Vary fields the rule does not already key."""
+    fields = headers_map(headers)
     if status not in rule.status_set:
-        return "status"
-    cache_control: list[bytes] = []
-    vary: list[bytes] = []
-    for raw_name, value in headers:
-        name = raw_name.lower()
-        if name == b"set-cookie":
-            return "set-cookie"
-        if name == b"cache-control":
-            cache_control.append(value)
-        elif name == b"vary":
-            vary.append(value)
-        elif name == b"content-length" and _over_limit(value, rule.max_body_bytes):
-            return "too-large"
-    if cache_control:
-        directives = parse_cache_control(cache_control)
-        for directive in ("no-store", "private", "no-cache"):
-            if directive in directives:
-                return directive
-    if vary and not vary_is_keyed(rule, vary):
-        return "vary"
-    return None
+        return Storage("status")
+    if b"set-cookie" in fields:
+        return Storage("set-cookie")
+    if _over_limit(fields.get(b"content-length"), rule.max_body_bytes):
+        return Storage("too-large")
+    vary = vary_names(fields.get(b"vary", ()))
+    if vary is None:
+        return Storage("vary")
+    vary = tuple(name for name in vary if name not in rule.vary_names)
+    directives = parse_cache_control(fields.get(b"cache-control", ()))
+    if "no-store" in directives:
+        return Storage("no-store")
+    if "private" in directives:
+        return Storage("private")
+    etag = _first(fields, b"etag")
+    last_modified = _first(fields, b"last-modified")
+    flags = MUST_REVALIDATE if {"must-revalidate", "proxy-revalidate"} & directives.keys() else 0
+    if not rule.honor_origin:
+        if "no-cache" in directives:
+            return Storage("no-cache")
+        return Storage(None, float(rule.ttl), 0.0, flags, etag, last_modified, vary)
+
+    lifetime = freshness_lifetime(status, fields, directives)
+    if lifetime is None:
+        return Storage("not-cacheable")
+    if "s-maxage" in directives:
+        flags |= MUST_REVALIDATE  # section 5.2.2.10: s-maxage also means proxy-revalidate
+    if "no-cache" in directives:
+        lifetime, flags = 0.0, flags | MUST_REVALIDATE
+    if etag or last_modified:
+        flags |= REVALIDATABLE
+    elif lifetime <= 0:
+        return Storage("stale")
+    return Storage(
+        None, min(lifetime, float(rule.ttl)), initial_age(fields, now), flags, etag, last_modified, vary
+    )
 
 
-def vary_is_keyed(rule: CacheRule, vary: Iterable[bytes]) -> bool:
-    """True when every field the response varies on is in the rule's key (`Vary: *` never is)."""
-    for value in vary:
+def freshness_lifetime(status: int, fields: HeaderMap, directives: dict[str, str | None]) -> float | None:
+    """Explicit lifetime (section 4.2.1: s-maxage, max-age, Expires - Date), else a heuristic one (section
+    4.2.2) where permitted; None when the response is neither explicitly nor heuristically cacheable."""
+    for directive in ("s-maxage", "max-age"):
+        if directive in directives:
+            seconds = delta_seconds(directives[directive])
+            return float(seconds) if seconds is not None else 0.0
+    if b"expires" in fields:
+        expires = parse_http_date(fields[b"expires"][0])
+        if expires is None:
+            return 0.0  # section 5.3: an invalid Expires means "already expired"
+        date = _date(fields)
+        return max(0.0, expires - date) if date is not None else 0.0
+    if status not in HEURISTICALLY_CACHEABLE and "public" not in directives:
+        return None
+    last_modified = parse_http_date(_first(fields, b"last-modified"))
+    date = _date(fields)
+    if last_modified is None or date is None or last_modified > date:
+        return 0.0
+    return HEURISTIC_FRACTION * (date - last_modified)
+
+
+def initial_age(fields: HeaderMap, now: float) -> float:
+    """The age a response already had on arrival (section 4.2.3), with no request delay in-process."""
+    age = delta_seconds(_first(fields, b"age").decode("latin-1").strip() or None) or 0
+    date = _date(fields)
+    apparent = max(0.0, now - date) if date is not None else 0.0
+    return max(apparent, float(age))
+
+
+def vary_names(values: Iterable[bytes]) -> tuple[bytes, ...] | None:
+    """The sorted, lowercased field names of Vary (section 4.1), or None for `Vary: *`."""
+    names: set[bytes] = set()
+    for value in values:
         for field in value.split(b","):
             name = field.strip().lower()
-            if name and name not in rule.vary_names:
-                return False
-    return True
+            if name == b"*":
+                return None
+            if name:
+                names.add(name)
+    return tuple(sorted(names))
 
 
-def _over_limit(content_length: bytes, limit: int) -> bool:
-    try:
-        return int(content_length) > limit
-    except ValueError:
-        return True
+def not_modified(request: HeaderMap, etag: bytes, last_modified: bytes) -> bool:
+    """Whether a GET/HEAD's conditions say the client's copy is current (RFC 9110 sections 13.1.2, 13.1.3
+    and 13.2.2: If-None-Match by weak comparison wins over If-Modified-Since)."""
+    if_none_match = request.get(b"if-none-match")
+    if if_none_match is not None:
+        if not etag:
+            return False
+        wanted = _opaque(etag)
+        for value in if_none_match:
+            for candidate in value.split(b","):
+                candidate = candidate.strip()
+                if candidate == b"*" or _opaque(candidate) == wanted:
+                    return True
+        return False
+    if_modified_since = request.get(b"if-modified-since")
+    if if_modified_since is None or not last_modified:
+        return False
+    since = parse_http_date(if_modified_since[0])
+    modified = parse_http_date(last_modified)
+    return since is not None and modified is not None and modified <= since
+
+
+def not_modified_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
+    """The stored fields a 304 response repeats."""
+    return [(name, value) for name, value in headers if name.lower() in NOT_MODIFIED_FIELDS]
+
+
+def freshened_headers(stored: RawHeaders, update: RawHeaders) -> list[tuple[bytes, bytes]]:
+    """Stored fields updated from a 304 (section 4.3.4): fields the 304 carries replace stored ones."""
+    replacement = [(name, value) for name, value in update if name.lower() not in NOT_STORED]
+    replaced = {name.lower() for name, _ in replacement} - {b"content-type", b"content-encoding"}
+    return [(n, v) for n, v in stored if n.lower() not in replaced] + [
+        (n, v) for n, v in replacement if n.lower() in replaced
+    ]
 
 
 def stored_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
@@ -87,6 +225,28 @@ def stored_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in headers if name.lower() not in NOT_STORED]
 
 
-def cache_status(cache_name: str, outcome: str, *params: str) -> bytes:
+def cache_status(cache_name: str, *params: str) -> bytes:
     """A Cache-Status field value (RFC 9211), e.g. `name; hit; ttl=42` or `name; fwd=uri-miss; stored`."""
-    return "; ".join((cache_name, outcome, *params)).encode("latin-1")
+    return "; ".join((cache_name, *params)).encode("latin-1")
+
+
+def _opaque(tag: bytes) -> bytes:
+    return tag[2:] if tag.startswith(b"W/") else tag
+
+
+def _first(fields: HeaderMap, name: bytes) -> bytes:
+    values = fields.get(name)
+    return values[0] if values else b""
+
+
+def _date(fields: HeaderMap) -> float | None:
+    return parse_http_date(_first(fields, b"date")) if b"date" in fields else None
+
+
+def _over_limit(content_length: list[bytes] | None, limit: int) -> bool:
+    if not content_length:
+        return False
+    try:
+        return int(content_length[0]) > limit
+    except ValueError:
+        return True

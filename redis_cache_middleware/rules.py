@@ -11,6 +11,7 @@ from re import Pattern
 from starlette.routing import compile_path
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "QUERY", "OPTIONS"})
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(:[a-zA-Z_][a-zA-Z0-9_]*)?}")
 
 
@@ -18,24 +19,37 @@ _PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(:[a-zA-Z_][a-zA-Z0-9_]*)?}")
 class CacheRule:
     """Cache responses to `methods` on `path` (exact, or a Starlette template like `/items/{id}`) for `ttl` s.
 
-    `statuses` are the cacheable status codes; `vary` names request headers that become part of the key;
-    `max_body_bytes` bounds a stored response and `max_request_bytes` the request body read for the key;
-    `key_host=False` leaves scheme and Host out of the key (only when one host is guaranteed); `name` is
-    the readable key segment (default: the path, with `{param}` written `<param>`).
+    `statuses`: cacheable status codes (default 200; with `honor_origin`, any the response's headers allow).
+    `vary`: request headers that become part of the key. `max_body_bytes` bounds a stored response and
+    `max_request_bytes` the request body read for the key. `key_host=False` leaves scheme and Host out of
+    the key (only when one host is guaranteed). `name`: the readable key segment (default: the path, with
+    `{param}` written `<param>`). `honor_origin`: the response's Cache-Control/Expires/Age/Date decide
+    storage and lifetime, `ttl` being the upper bound (RFC 9111 shared cache). `private`: credentialed
+    requests are cached per credential instead of bypassing. `stale_while_revalidate` / `stale_if_error`:
+    seconds after expiry a stale entry may be served while refreshing / when the app fails.
+    `invalidate_on`: unsafe methods whose 2xx/3xx response on a matching URL drops its cached GET entry.
+    `early_refresh`: XFetch beta (e.g. 1.0) to refresh hot entries before they expire; None is off.
     """
 
     path: str
     ttl: float
     methods: Sequence[str] = ("GET",)
-    statuses: Iterable[int] = (200,)
+    statuses: Iterable[int] | None = None
     vary: Sequence[str] = ()
     max_body_bytes: int = 1024 * 1024
     max_request_bytes: int = 64 * 1024
     key_host: bool = True
     name: str | None = None
+    honor_origin: bool = False
+    private: bool = False
+    stale_while_revalidate: float = 0
+    stale_if_error: float = 0
+    invalidate_on: Sequence[str] = ()
+    early_refresh: float | None = None
     # Derived once at construction; not arguments.
     regex: Pattern[str] | None = field(init=False, repr=False, compare=False)
     method_set: frozenset[str] = field(init=False, repr=False, compare=False)
+    invalidating_methods: frozenset[str] = field(init=False, repr=False, compare=False)
     status_set: frozenset[int] = field(init=False, repr=False, compare=False)
     vary_names: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
     key_name: str = field(init=False, repr=False, compare=False)
@@ -52,9 +66,24 @@ class CacheRule:
             raise ValueError(f"CacheRule methods must be among {sorted(_METHODS)}: {self.methods!r}")
         if "GET" in methods:
             methods |= {"HEAD"}
-        statuses = frozenset(self.statuses)
-        if not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
-            raise ValueError(f"CacheRule statuses must be HTTP status codes: {self.statuses!r}")
+        if self.statuses is not None:
+            statuses = frozenset(self.statuses)
+            if not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
+                raise ValueError(f"CacheRule statuses must be HTTP status codes: {self.statuses!r}")
+        elif self.honor_origin:
+            statuses = frozenset(range(200, 600)) - {206, 304}  # no range support; a 304 is not a response
+        else:
+            statuses = frozenset({200})
+        invalidating = frozenset(m.upper() for m in self.invalidate_on)
+        if isinstance(self.invalidate_on, str) or not invalidating <= _UNSAFE_METHODS:
+            raise ValueError(f"CacheRule invalidate_on must be among {sorted(_UNSAFE_METHODS)}")
+        if invalidating & methods:
+            raise ValueError("CacheRule invalidate_on methods cannot also be cached methods")
+        for window in ("stale_while_revalidate", "stale_if_error"):
+            if not isinstance(getattr(self, window), int | float) or getattr(self, window) < 0:
+                raise ValueError(f"CacheRule {window} must be a non-negative number of seconds")
+        if self.early_refresh is not None and not self.early_refresh > 0:
+            raise ValueError("CacheRule early_refresh must be a positive XFetch beta, or None")
         if isinstance(self.vary, str):
             raise ValueError(f"CacheRule vary must be a sequence of header names: {self.vary!r}")
         for limit in ("max_body_bytes", "max_request_bytes"):
@@ -66,6 +95,7 @@ class CacheRule:
         regex = compile_path(self.path)[0] if _PARAM.search(self.path) else None
         object.__setattr__(self, "regex", regex)
         object.__setattr__(self, "method_set", methods)
+        object.__setattr__(self, "invalidating_methods", invalidating)
         object.__setattr__(self, "status_set", statuses)
         object.__setattr__(
             self, "vary_names", tuple(sorted({h.lower().encode("latin-1") for h in self.vary}))
@@ -94,7 +124,7 @@ class RuleMatcher:
     def match(self, method: str, path: str) -> CacheRule | None:
         """The matching rule, or None when the request is not cached by any rule."""
         for index, rule in self._exact.get(path, ()):
-            if method in rule.method_set:
+            if method in rule.method_set or method in rule.invalidating_methods:
                 best_index, best = index, rule
                 break
         else:
@@ -102,6 +132,8 @@ class RuleMatcher:
         for index, rule in self._templates:
             if index >= best_index:
                 break
-            if method in rule.method_set and rule.regex is not None and rule.regex.match(path):
+            if (method in rule.method_set or method in rule.invalidating_methods) and (
+                rule.regex is not None and rule.regex.match(path)
+            ):
                 return rule
         return best

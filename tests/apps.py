@@ -21,6 +21,7 @@ class CountingApp:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.version = 1
 
     async def predict(self, request: Request) -> Response:
         self.calls["predict"] += 1
@@ -31,6 +32,8 @@ class CountingApp:
                 "body": body.decode("latin-1"),
                 "host": request.headers.get("host"),
                 "language": request.headers.get("accept-language"),
+                "forwarded_host": request.headers.get("x-forwarded-host"),
+                "method_override": request.headers.get("x-http-method-override"),
                 "call": self.calls["predict"],
             }
         )
@@ -47,12 +50,24 @@ class CountingApp:
         )
 
     async def headers(self, request: Request) -> Response:
-        """Responds with the headers named in the query, e.g. `?cache-control=no-store`."""
+        """Responds with the headers named in the query (`?etag=x`); `_status` is the status."""
         self.calls["headers"] += 1
-        response = PlainTextResponse(f"headers call {self.calls['headers']}")
+        status = int(request.query_params.get("_status", "200"))
+        response = PlainTextResponse(f"headers call {self.calls['headers']}", status_code=status)
         for name, value in request.query_params.multi_items():
-            response.headers.append(name, value)
+            if name != "_status":
+                response.headers.append(name, value)
         return response
+
+    async def validated(self, request: Request) -> Response:
+        """A resource at `self.version` answering conditional requests; `?cc=` is its Cache-Control."""
+        etag = f'"v{self.version}"'
+        headers = {"etag": etag, "cache-control": request.query_params.get("cc", "max-age=1")}
+        if request.headers.get("if-none-match") == etag:
+            self.calls["validated-304"] += 1
+            return Response(status_code=304, headers=headers)
+        self.calls["validated"] += 1
+        return PlainTextResponse(f"version {self.version}", headers=headers)
 
     async def big(self, request: Request) -> Response:
         self.calls["big"] += 1
@@ -70,6 +85,8 @@ class CountingApp:
 
     async def item(self, request: Request) -> Response:
         self.calls["item"] += 1
+        if request.method != "GET":
+            return Response(status_code=int(request.query_params.get("status", "204")))
         return JSONResponse({"item": request.path_params["item_id"], "call": self.calls["item"]})
 
     async def other(self, request: Request) -> Response:
@@ -89,8 +106,10 @@ class CountingApp:
                 Route("/status/{code:int}", self.status),
                 Route("/headers", self.headers),
                 Route("/big", self.big),
+                Route("/validated", self.validated),
+                Route("/query", self.echo, methods=["QUERY", "POST"]),
                 Route("/stream", self.stream),
-                Route("/items/{item_id}", self.item),
+                Route("/items/{item_id}", self.item, methods=["GET", "PUT", "DELETE"]),
                 Route("/other", self.other),
                 WebSocketRoute("/ws", self.websocket),
             ]
