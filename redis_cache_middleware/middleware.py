@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import policy
-from .backends import Backend, BackendError, RedisBackend
+from .backends import Backend, BackendError, LockingBackend, RedisBackend
 from .breaker import CircuitBreaker
 from .coalesce import SingleFlight, wait
 from .entry import MUST_REVALIDATE, REVALIDATABLE, Entry, VaryMarker, decode, encode, encode_marker
@@ -69,6 +70,8 @@ class CacheMiddleware:
         coalesce: bool = True,
         coalesce_timeout: float = 10.0,
         hit_for_miss: float = 0.0,
+        lock: bool = False,
+        lock_lease: float = 5.0,
     ) -> None:
         if (redis_url is None) == (backend is None):
             raise ValueError("CacheMiddleware needs exactly one of redis_url= or backend=")
@@ -86,6 +89,12 @@ class CacheMiddleware:
         self.backend: Backend = (
             backend if backend is not None else RedisBackend.from_url(str(redis_url), timeout=timeout)
         )
+        if lock and not isinstance(self.backend, LockingBackend):
+            raise ValueError(
+                "CacheMiddleware lock=True needs a backend with acquire/release (LockingBackend)"
+            )
+        if not lock_lease > 0:
+            raise ValueError("CacheMiddleware lock_lease must be positive")
         self.key_prefix = f"{prefix}:{namespace}:{version}:"
         self.cache_name = cache_name
         self.breaker = breaker if breaker is not None else CircuitBreaker()
@@ -97,6 +106,8 @@ class CacheMiddleware:
         self.coalesce = coalesce
         self.coalesce_timeout = coalesce_timeout
         self.flights = SingleFlight(hit_for_miss)
+        self.lock = lock
+        self.lock_lease = lock_lease
         self._background: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -225,9 +236,74 @@ class CacheMiddleware:
                 await self._fetch(request, stale, fwd, revalidate, None)
             return
         future = self.flights.lead(request.primary_key)
-        task = asyncio.create_task(self._fetch(request, stale, fwd, revalidate, future))
+        task = asyncio.create_task(self._lead(request, stale, fwd, revalidate, future))
         task.add_done_callback(lambda done: self._flight_done(request.primary_key, future, done))
         await asyncio.shield(task)
+
+    async def _lead(
+        self,
+        request: _Request,
+        stale: Entry | None,
+        fwd: str,
+        revalidate: bool,
+        flight: asyncio.Future[Entry | None],
+    ) -> None:
+        """The computation others in this process wait for; with `lock`, at most one across processes: if
+        another process holds the key's lease, wait for its entry instead (up to the lease)."""
+        if not self.lock:
+            await self._fetch(request, stale, fwd, revalidate, flight)
+            return
+        lease, token = request.primary_key + ".lock", secrets.token_hex(8)
+        held = await self._acquire(lease, token)
+        if held is False:
+            entry = await self._entry_from_other_process(request)
+            if entry is not None:
+                self.flights.finish(request.primary_key, flight, entry)
+                await self._send_entry(
+                    request, entry, entry.age(time.time()), "HIT", "fwd=uri-miss", "collapsed"
+                )
+                return
+        try:
+            await self._fetch(request, stale, fwd, revalidate, flight)
+        finally:
+            if held:
+                await self._release(lease, token)
+
+    async def _acquire(self, lease: str, token: str) -> bool | None:
+        """True when this process now holds the lease, False when another does, None when unknown."""
+        assert isinstance(self.backend, LockingBackend)
+        if not self.breaker.allow():
+            return None
+        try:
+            held = await self.backend.acquire(lease, token, self.lock_lease)
+        except BackendError as exc:
+            self.breaker.failure(exc)
+            return None
+        self.breaker.success()
+        return held
+
+    async def _release(self, lease: str, token: str) -> None:
+        assert isinstance(self.backend, LockingBackend)
+        try:
+            await self.backend.release(lease, token)
+        except BackendError as exc:
+            self.breaker.failure(exc)
+
+    async def _entry_from_other_process(self, request: _Request) -> Entry | None:
+        """Poll, backing off, for the fresh entry the lease holder is computing."""
+        deadline = time.monotonic() + self.lock_lease
+        delay = 0.005
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            try:
+                entry = await self._lookup(request)
+            except BackendError as exc:
+                self.breaker.failure(exc)
+                return None
+            if entry is not None and entry.is_fresh(time.time()):
+                return entry
+        return None
 
     def _flight_done(self, key: str, future: asyncio.Future[Entry | None], task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -281,7 +357,7 @@ class CacheMiddleware:
             request.primary_key,
             False,
         )
-        task = asyncio.create_task(self._fetch(background, None, "fwd=stale", False, future))
+        task = asyncio.create_task(self._refresh_once(background, future))
         self._background.add(task)
 
         def done(finished: asyncio.Task[None]) -> None:
@@ -293,6 +369,21 @@ class CacheMiddleware:
             self.flights.finish(request.primary_key, future, None)
 
         task.add_done_callback(done)
+
+    async def _refresh_once(self, request: _Request, flight: asyncio.Future[Entry | None]) -> None:
+        """A background refresh; with `lock`, skipped when another process already refreshes the key."""
+        if not self.lock:
+            await self._fetch(request, None, "fwd=stale", False, flight)
+            return
+        lease, token = request.primary_key + ".lock", secrets.token_hex(8)
+        held = await self._acquire(lease, token)
+        if held is False:
+            return
+        try:
+            await self._fetch(request, None, "fwd=stale", False, flight)
+        finally:
+            if held:
+                await self._release(lease, token)
 
     def _entry_key(self, request: _Request, vary: tuple[bytes, ...]) -> str:
         return variant_key(request.primary_key, vary, request.headers) if vary else request.primary_key

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from redis_cache_middleware import CacheMiddleware, CacheRule, RedisBackend
+from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend, RedisBackend
 
 
 class SlowModel:
@@ -222,3 +222,37 @@ async def test_early_refresh_renews_hot_keys_before_they_expire(backend: RedisBa
     assert {r.headers["x-cache"] for r in hits} == {"HIT"}
     assert model.calls == 2, "one background refresh, however many hits asked for it"
     assert after.json()["call"] == 2
+
+
+@pytest.mark.parametrize(("lock", "expected_calls"), [(True, 1), (False, 2)])
+async def test_lock_makes_one_computation_across_instances(lock: bool, expected_calls: int) -> None:
+    shared = MemoryBackend()
+    model = SlowModel()
+    apps = []
+    for _ in range(2):  # two instances sharing one store, as two processes share one Redis
+        app = Starlette(routes=[Route("/predict", model.predict)])
+        app.add_middleware(CacheMiddleware, backend=shared, rules=[CacheRule("/predict", ttl=60)], lock=lock)
+        apps.append(app)
+    async with client(apps[0]) as first, client(apps[1]) as second:
+        responses = await asyncio.gather(*(c.get("/predict?x=1") for c in [first, second] * 10))
+    assert model.calls == expected_calls
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.json()["call"] for r in responses}) == expected_calls
+
+
+def test_lock_needs_a_locking_backend() -> None:
+    class PlainBackend:
+        async def get(self, key: str) -> bytes | None:
+            return None
+
+        async def set(self, key: str, value: bytes, ttl: float) -> None:
+            return None
+
+        async def delete(self, keys: Any) -> int:
+            return 0
+
+        async def aclose(self) -> None:
+            return None
+
+    with pytest.raises(ValueError, match="lock=True"):
+        CacheMiddleware(Starlette(), rules=[], backend=PlainBackend(), lock=True)

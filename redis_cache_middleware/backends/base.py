@@ -29,3 +29,16 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release connections; the backend is not used afterwards."""
         ...
+
+
+@runtime_checkable
+class LockingBackend(Backend, Protocol):
+    """A backend that can also hold short leases, for one computation per key across processes."""
+
+    async def acquire(self, key: str, token: str, ttl: float) -> bool:
+        """Take the lease `key` for `ttl` seconds unless someone holds it (`SET NX PX`)."""
+        ...
+
+    async def release(self, key: str, token: str) -> None:
+        """Give the lease back, only if `token` still holds it."""
+        ...

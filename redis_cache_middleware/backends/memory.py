@@ -39,6 +39,16 @@ class MemoryBackend:
     async def delete(self, keys: Sequence[str]) -> int:
         return sum(self._remove(key) for key in keys)
 
+    async def acquire(self, key: str, token: str, ttl: float) -> bool:
+        if await self.get(key) is not None:
+            return False
+        await self.set(key, token.encode(), ttl)
+        return True
+
+    async def release(self, key: str, token: str) -> None:
+        if await self.get(key) == token.encode():
+            self._remove(key)
+
     async def aclose(self) -> None:
         self._items.clear()
         self.size = 0
