@@ -8,8 +8,9 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +20,7 @@ from .breaker import CircuitBreaker
 from .coalesce import SingleFlight, wait
 from .entry import MUST_REVALIDATE, REVALIDATABLE, Entry, VaryMarker, decode, encode, encode_marker
 from .keys import Headers, request_digest, variant_key
+from .metrics import Metrics
 from .rules import CacheRule, RuleMatcher
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class _Request:
     body: bytes | None
     primary_key: str
     head: bool
+    started: float
 
 
 class CacheMiddleware:
@@ -106,11 +109,15 @@ class CacheMiddleware:
         self.coalesce = coalesce
         self.coalesce_timeout = coalesce_timeout
         self.flights = SingleFlight(hit_for_miss)
+        self.metrics = Metrics()
         self.lock = lock
         self.lock_lease = lock_lease
         self._background: set[asyncio.Task[None]] = set()
+        self._registered = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._registered:
+            self._register(scope)
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -120,29 +127,30 @@ class CacheMiddleware:
             await self.app(scope, receive, send)
             return
 
+        started = time.perf_counter()
         headers = policy.headers_map(scope["headers"])
         if method in rule.invalidating_methods:
             await self._forward_invalidating(scope, receive, send, rule, headers)
             return
         if not rule.private and any(name in headers for name in self.credential_headers):
-            await self._bypass(scope, receive, send, "credentials")
+            await self._bypass(scope, receive, send, rule, "credentials")
             return
         directives = (
             policy.parse_cache_control(headers[b"cache-control"]) if b"cache-control" in headers else {}
         )
         if self.allow_client_refresh and "no-store" in directives:
-            await self._bypass(scope, receive, send, "request-no-store")
+            await self._bypass(scope, receive, send, rule, "request-no-store")
             return
 
         body: bytes | None = None
         if method not in _BODYLESS_METHODS or b"content-length" in headers or b"transfer-encoding" in headers:
             body, receive = await _read_body(receive, headers, rule.max_request_bytes)
             if body is None:
-                await self._bypass(scope, receive, send, "request-too-large")
+                await self._bypass(scope, receive, send, rule, "request-too-large")
                 return
 
         if not self.breaker.allow():
-            await self._bypass(scope, receive, send, "circuit-open")
+            await self._bypass(scope, receive, send, rule, "circuit-open")
             return
         digest = request_digest(rule, scope, headers, body, self.credential_headers)
         request = _Request(
@@ -154,12 +162,13 @@ class CacheMiddleware:
             body,
             self.key_prefix + rule.key_name + ":" + digest,
             method == "HEAD",
+            started,
         )
         try:
             entry = await self._lookup(request)
         except BackendError as exc:
             self.breaker.failure(exc)
-            await self._bypass(scope, receive, send, "backend-error")
+            await self._bypass(scope, receive, send, rule, "backend-error")
             return
         self.breaker.success()
 
@@ -188,9 +197,26 @@ class CacheMiddleware:
             return
         await self._miss(request, entry, "fwd=uri-miss" if entry is None else "fwd=stale")
 
+    def _register(self, scope: Scope) -> None:
+        """Make this instance reachable as `app.state.cache`, on lifespan startup or the first request."""
+        state = getattr(scope.get("app"), "state", None)
+        if state is not None:
+            state.cache = self
+        self._registered = True
+
     def stats(self) -> dict[str, object]:
-        """Counters and state for operators: the circuit breaker's, and computations in flight."""
-        return {"breaker": self.breaker.snapshot(), "in_flight": len(self.flights)}
+        """What the cache did, per rule (outcomes, bypass reasons, bytes stored, latency bounds), the
+        circuit breaker's state, and computations in flight."""
+        return {
+            "rules": self.metrics.snapshot(),
+            "breaker": self.breaker.snapshot(),
+            "in_flight": len(self.flights),
+        }
+
+    def metrics_app(self) -> ASGIApp:
+        """An ASGI app serving these metrics in Prometheus text format (`app.add_route("/metrics", ...)` or
+        `app.mount`); needs `prometheus-client`."""
+        return PrometheusApp(self)
 
     async def aclose(self) -> None:
         """Wait for background refreshes, then close the backend's connections."""
@@ -325,6 +351,8 @@ class CacheMiddleware:
         responder = MissResponder(self, request, stale, fwd, revalidate, flight)
         try:
             await self.app(scope, request.receive, responder.send)
+            if responder.mode == "forward" and request.send is not _discard:
+                self.metrics.served(request.rule.key_name, "miss", time.perf_counter() - request.started)
         except Exception:
             if responder.started or not self._serves_stale_on_error(request.rule, stale):
                 raise
@@ -356,6 +384,7 @@ class CacheMiddleware:
             request.body,
             request.primary_key,
             False,
+            time.perf_counter(),
         )
         task = asyncio.create_task(self._refresh_once(background, future))
         self._background.add(task)
@@ -415,6 +444,17 @@ class CacheMiddleware:
         headers += self._status_headers(request, x_cache.encode(), *params)
         await request.send({"type": "http.response.start", "status": status, "headers": headers})
         await request.send({"type": "http.response.body", "body": b"" if request.head else body})
+        if x_cache != "MISS":
+            outcome = (
+                "collapsed"
+                if "collapsed" in params
+                else "revalidated"
+                if "fwd-status=304" in params
+                else None
+            )
+            self.metrics.served(
+                request.rule.key_name, outcome or x_cache.lower(), time.perf_counter() - request.started
+            )
 
     async def _send_only_if_cached(self, request: _Request) -> None:
         """RFC 9111 section 5.2.1.7: nothing stored to answer with, so 504."""
@@ -422,7 +462,8 @@ class CacheMiddleware:
         await request.send({"type": "http.response.start", "status": 504, "headers": headers})
         await request.send({"type": "http.response.body", "body": b""})
 
-    async def _bypass(self, scope: Scope, receive: Receive, send: Send, reason: str) -> None:
+    async def _bypass(self, scope: Scope, receive: Receive, send: Send, rule: CacheRule, reason: str) -> None:
+        self.metrics.bypassed(rule.key_name, reason)
         extra = []
         if self.cache_headers:
             status = policy.cache_status(self.cache_name, "fwd=bypass", f"detail={reason}")
@@ -472,6 +513,7 @@ class CacheMiddleware:
         if not entry.flags & MUST_REVALIDATE:
             keep += max(rule.stale_while_revalidate, rule.stale_if_error)
         if keep <= 0 or not self.breaker.allow():
+            self.metrics.stored(rule.key_name, len(entry.body), False)
             return False
         try:
             if entry.vary:
@@ -480,9 +522,36 @@ class CacheMiddleware:
             await self.backend.set(entry.key, encode(entry, self.signing_key), keep)
         except BackendError as exc:
             self.breaker.failure(exc)
+            self.metrics.stored(rule.key_name, len(entry.body), False)
             return False
         self.breaker.success()
+        self.metrics.stored(rule.key_name, len(entry.body), True)
         return True
+
+
+class PrometheusApp:
+    """Serves a cache's metrics in the Prometheus text exposition format."""
+
+    def __init__(self, cache: CacheMiddleware) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.cache = cache
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Any]:
+        return self.cache.metrics.collect(self.cache.breaker.snapshot())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = generate_latest(self.registry)
+        headers = [
+            (b"content-type", CONTENT_TYPE_LATEST.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 class MissResponder:
