@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from pydantic import BaseModel
+from starlette.routing import Route
 
-from demo.train import default_model_path, default_n_estimators, load_or_train
-from redis_cache_middleware import Backend, CacheMiddleware, CacheRule
+from demo.train import default_model_path, default_n_estimators, load_or_train, train
+from redis_cache_middleware import Backend, CacheMiddleware, CacheRule, MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,13 @@ class Features(BaseModel):
     sepal_width: float
     petal_length: float
     petal_width: float
+
+
+class Retrain(BaseModel):
+    """How to retrain: the forest's random seed and, optionally, its size."""
+
+    seed: int = 0
+    trees: int | None = None
 
 
 class Prediction(BaseModel):
@@ -51,9 +60,11 @@ def create_app(
     trees = n_estimators if n_estimators is not None else default_n_estimators()
     model = load_or_train(path, trees)
     version = model_version(path)
+    admin_token = os.environ.get("DEMO_ADMIN_TOKEN", "")
 
     def predict(sepal_length: float, sepal_width: float, petal_length: float, petal_width: float) -> str:
-        return str(int(model.predict([[sepal_length, sepal_width, petal_length, petal_width]])[0]))
+        features = [[sepal_length, sepal_width, petal_length, petal_width]]
+        return str(int(app.state.model.predict(features)[0]))
 
     app = FastAPI(title="iris demo")
     app.state.model = model
@@ -82,6 +93,22 @@ def create_app(
     def health() -> dict[str, str]:
         """Liveness probe; never cached."""
         return {"status": "ok"}
+
+    @app.post("/admin/reload")
+    def reload(
+        request: Request, retrain: Retrain, x_admin_token: Annotated[str, Header()] = ""
+    ) -> dict[str, str]:
+        """Retrain (with `seed`) and load the model, then bump the cache version so no prediction of the
+        old model is ever served again. Needs `X-Admin-Token` equal to $DEMO_ADMIN_TOKEN (unset: disabled)."""
+        if not admin_token or not hmac.compare_digest(x_admin_token, admin_token):
+            raise HTTPException(status_code=403, detail="admin token required")
+        app.state.model = train(path, retrain.trees or trees, seed=retrain.seed)
+        app.state.model_version = model_version(path)
+        request.app.state.cache.set_version(app.state.model_version)
+        logger.info("model reloaded: cache version %s", app.state.model_version)
+        return {"version": app.state.model_version}
+
+    app.router.routes.append(Route("/metrics", MetricsEndpoint()))
 
     rule = CacheRule("/predict", ttl=int(os.environ.get("DEMO_TTL", "300")), methods=("GET", "POST"))
     url = None if backend is not None else redis_url or os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)

@@ -27,10 +27,10 @@ def default_n_estimators() -> int:
     return int(os.environ.get("DEMO_TREES", str(DEFAULT_TREES)))
 
 
-def train(path: Path, n_estimators: int) -> RandomForestClassifier:
-    """Fit a RandomForest (random_state=0) on the bundled iris data and save it atomically to `path`."""
+def train(path: Path, n_estimators: int, seed: int = 0) -> RandomForestClassifier:
+    """Fit a RandomForest (random_state=`seed`) on the bundled iris data and save it atomically to `path`."""
     iris = load_iris()
-    model = RandomForestClassifier(n_estimators=n_estimators, random_state=0)
+    model = RandomForestClassifier(n_estimators=n_estimators, random_state=seed)
     model.fit(iris.data, iris.target)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -2,7 +2,7 @@
 
 from .backends import Backend, BackendError, MemoryBackend, RedisBackend
 from .breaker import CircuitBreaker
-from .middleware import CacheMiddleware
+from .middleware import CacheMiddleware, MetricsEndpoint
 from .rules import CacheRule
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "CacheRule",
     "CircuitBreaker",
     "MemoryBackend",
+    "MetricsEndpoint",
     "RedisBackend",
 ]
 __version__ = "0.1.0"

@@ -98,6 +98,7 @@ class CacheMiddleware:
             )
         if not lock_lease > 0:
             raise ValueError("CacheMiddleware lock_lease must be positive")
+        self.prefix, self.namespace, self.version = prefix, namespace, version
         self.key_prefix = f"{prefix}:{namespace}:{version}:"
         self.cache_name = cache_name
         self.breaker = breaker if breaker is not None else CircuitBreaker()
@@ -197,6 +198,15 @@ class CacheMiddleware:
             return
         await self._miss(request, entry, "fwd=uri-miss" if entry is None else "fwd=stale")
 
+    def set_version(self, version: str) -> None:
+        """Key new requests under `version`: every entry stored under the old one is out of reach at once
+        (in this process; other processes must be given the same version)."""
+        if not version or _SAFE_KEY_PART.intersection(version):
+            raise ValueError("CacheMiddleware version must be non-empty without braces, ':' or spaces")
+        self.version = version
+        self.key_prefix = f"{self.prefix}:{self.namespace}:{version}:"
+        logger.info("cache version is now %s", version)
+
     def _register(self, scope: Scope) -> None:
         """Make this instance reachable as `app.state.cache`, on lifespan startup or the first request."""
         state = getattr(scope.get("app"), "state", None)
@@ -216,7 +226,7 @@ class CacheMiddleware:
     def metrics_app(self) -> ASGIApp:
         """An ASGI app serving these metrics in Prometheus text format (`app.add_route("/metrics", ...)` or
         `app.mount`); needs `prometheus-client`."""
-        return PrometheusApp(self)
+        return MetricsEndpoint(self)
 
     async def aclose(self) -> None:
         """Wait for background refreshes, then close the backend's connections."""
@@ -529,10 +539,11 @@ class CacheMiddleware:
         return True
 
 
-class PrometheusApp:
-    """Serves a cache's metrics in the Prometheus text exposition format."""
+class MetricsEndpoint:
+    """Serves a cache's metrics in the Prometheus text format: `Route("/metrics", MetricsEndpoint())`.
+    Without a `cache` it serves the one the app reaches as `app.state.cache`. Needs `prometheus-client`."""
 
-    def __init__(self, cache: CacheMiddleware) -> None:
+    def __init__(self, cache: CacheMiddleware | None = None) -> None:
         from prometheus_client import CollectorRegistry
 
         self.cache = cache
@@ -540,11 +551,15 @@ class PrometheusApp:
         self.registry.register(self)
 
     def collect(self) -> Iterator[Any]:
+        if self.cache is None:
+            return iter(())
         return self.cache.metrics.collect(self.cache.breaker.snapshot())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        if self.cache is None:
+            self.cache = getattr(getattr(scope.get("app"), "state", None), "cache", None)
         body = generate_latest(self.registry)
         headers = [
             (b"content-type", CONTENT_TYPE_LATEST.encode()),

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from sklearn.datasets import load_iris
@@ -94,3 +95,33 @@ def test_demo_server_and_verify(demo_server: str, redis_client: redis.Redis) -> 
         ["POST", "HIT"],
     ]
     assert len(list(redis_client.scan_iter("rcm:iris:*"))) == 2
+
+
+async def test_model_reload_bumps_the_version_and_old_predictions_are_never_served(
+    backend: RedisBackend, redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEMO_ADMIN_TOKEN", "let-me-in")
+    app = create_app(backend=backend, model_path=tmp_path / "iris.joblib", n_estimators=3)
+    iris = load_iris().data
+    samples = np.random.default_rng(0).uniform(iris.min(0), iris.max(0), size=(40, 4)).round(1)
+    params = [dict(zip(FEATURES, map(float, row), strict=True)) for row in samples]
+    async with client_for(app) as client:
+        before = [(await client.get("/predict", params=p)).json()["prediction"] for p in params]
+        assert (await client.get("/predict", params=params[0])).headers["x-cache"] == "HIT"
+        old_version = app.state.model_version
+        denied = await client.post("/admin/reload", json={"seed": 7}, headers={"x-admin-token": "wrong"})
+        reloaded = await client.post(
+            "/admin/reload", json={"seed": 7}, headers={"x-admin-token": "let-me-in"}
+        )
+        after = [await client.get("/predict", params=p) for p in params]
+        metrics = await client.get("/metrics")
+    assert denied.status_code == 403
+    assert (
+        reloaded.status_code == 200 and reloaded.json()["version"] == app.state.model_version != old_version
+    )
+    assert {r.headers["x-cache"] for r in after} == {"MISS"}
+    new_model = app.state.model
+    expected = [str(int(new_model.predict([row])[0])) for row in samples]
+    assert [r.json()["prediction"] for r in after] == expected
+    assert expected != before, "the retrained forest disagrees with the old one on some of these inputs"
+    assert 'rcm_responses_total{outcome="hit",rule="/predict"} 1.0' in metrics.text
