@@ -81,6 +81,8 @@ class CacheMiddleware:
         for label, part in (("prefix", prefix), ("namespace", namespace), ("version", version)):
             if not part or _SAFE_KEY_PART.intersection(part):
                 raise ValueError(f"CacheMiddleware {label} must be non-empty without braces, ':' or spaces")
+        if version == "tag":
+            raise ValueError("CacheMiddleware version 'tag' is reserved for tag index keys")
         if isinstance(credential_headers, str):
             raise ValueError("CacheMiddleware credential_headers must be a sequence of header names")
         if not coalesce_timeout > 0 or hit_for_miss < 0:
@@ -201,8 +203,8 @@ class CacheMiddleware:
     def set_version(self, version: str) -> None:
         """Key new requests under `version`: every entry stored under the old one is out of reach at once
         (in this process; other processes must be given the same version)."""
-        if not version or _SAFE_KEY_PART.intersection(version):
-            raise ValueError("CacheMiddleware version must be non-empty without braces, ':' or spaces")
+        if not version or version == "tag" or _SAFE_KEY_PART.intersection(version):
+            raise ValueError("CacheMiddleware version: non-empty, not 'tag', no braces, ':' or spaces")
         self.version = version
         self.key_prefix = f"{self.prefix}:{self.namespace}:{version}:"
         logger.info("cache version is now %s", version)
