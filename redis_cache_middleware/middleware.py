@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import policy
-from .backends import Backend, BackendError, LockingBackend, RedisBackend
+from .backends import Backend, BackendError, LockingBackend, PartialBackendError, RedisBackend
 from .breaker import CircuitBreaker
 from .coalesce import SingleFlight, wait
 from .entry import MUST_REVALIDATE, REVALIDATABLE, Entry, VaryMarker, decode, encode, encode_marker
@@ -63,6 +63,7 @@ class CacheMiddleware:
         version: str = "1",
         prefix: str = "rcm",
         timeout: float = 0.05,
+        connect_timeout: float | None = None,
         cache_name: str = "redis-cache",
         breaker: CircuitBreaker | None = None,
         credential_headers: Sequence[str] = ("authorization", "cookie", "x-api-key"),
@@ -92,7 +93,9 @@ class CacheMiddleware:
         self.app = app
         self.rules = RuleMatcher(rules)
         self.backend: Backend = (
-            backend if backend is not None else RedisBackend.from_url(str(redis_url), timeout=timeout)
+            backend
+            if backend is not None
+            else RedisBackend.from_url(str(redis_url), timeout=timeout, connect_timeout=connect_timeout)
         )
         if lock and not isinstance(self.backend, LockingBackend):
             raise ValueError(
@@ -170,7 +173,7 @@ class CacheMiddleware:
         try:
             entry = await self._lookup(request)
         except BackendError as exc:
-            self.breaker.failure(exc)
+            self._backend_failed(exc)
             await self._bypass(scope, receive, send, rule, "backend-error")
             return
         self.breaker.success()
@@ -208,6 +211,11 @@ class CacheMiddleware:
         self.version = version
         self.key_prefix = f"{self.prefix}:{self.namespace}:{version}:"
         logger.info("cache version is now %s", version)
+
+    def _backend_failed(self, exc: BackendError) -> None:
+        """Count a failure towards the breaker, unless only part of the backend (one cluster node) failed."""
+        if not isinstance(exc, PartialBackendError):
+            self.breaker.failure(exc)
 
     def _register(self, scope: Scope) -> None:
         """Make this instance reachable as `app.state.cache`, on lifespan startup or the first request."""
@@ -315,7 +323,7 @@ class CacheMiddleware:
         try:
             held = await self.backend.acquire(lease, token, self.lock_lease)
         except BackendError as exc:
-            self.breaker.failure(exc)
+            self._backend_failed(exc)
             return None
         self.breaker.success()
         return held
@@ -325,7 +333,7 @@ class CacheMiddleware:
         try:
             await self.backend.release(lease, token)
         except BackendError as exc:
-            self.breaker.failure(exc)
+            self._backend_failed(exc)
 
     async def _entry_from_other_process(self, request: _Request) -> Entry | None:
         """Poll, backing off, for the fresh entry the lease holder is computing."""
@@ -337,7 +345,7 @@ class CacheMiddleware:
             try:
                 entry = await self._lookup(request)
             except BackendError as exc:
-                self.breaker.failure(exc)
+                self._backend_failed(exc)
                 return None
             if entry is not None and entry.is_fresh(time.time()):
                 return entry
@@ -511,7 +519,7 @@ class CacheMiddleware:
                 try:
                     await self.backend.delete([key])
                 except BackendError as exc:
-                    self.breaker.failure(exc)
+                    self._backend_failed(exc)
                 else:
                     self.breaker.success()
             await send(message)
@@ -533,7 +541,7 @@ class CacheMiddleware:
                 await self.backend.set(primary_key, marker, keep)
             await self.backend.set(entry.key, encode(entry, self.signing_key), keep)
         except BackendError as exc:
-            self.breaker.failure(exc)
+            self._backend_failed(exc)
             self.metrics.stored(rule.key_name, len(entry.body), False)
             return False
         self.breaker.success()

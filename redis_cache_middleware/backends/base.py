@@ -10,6 +10,11 @@ class BackendError(Exception):
     """A backend call failed or timed out; the middleware serves the request without the cache."""
 
 
+class PartialBackendError(BackendError):
+    """Only some keys are unavailable (one cluster node); the rest of the backend works, so the circuit
+    breaker does not count it."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Async key-value storage with expiry. Every method raises only `BackendError` on failure."""

@@ -21,7 +21,7 @@ from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from .base import BackendError
+from .base import BackendError, PartialBackendError
 
 DEFAULT_TIMEOUT = 0.05
 DEFAULT_MAX_CONNECTIONS = 64
@@ -161,6 +161,7 @@ class RedisBackend:
         Catches `Exception`, not only `RedisError`: the cluster client also raises other types
         (`RedisClusterException`, `SlotNotCoveredError`), and none of them may reach the request.
         """
+        node: str | None = None
         try:
             async with asyncio.timeout(self._deadline), self._slots:
                 node = await self._cluster_node(key)
@@ -176,7 +177,11 @@ class RedisBackend:
                 return result
         except Exception as exc:
             reason = str(exc) or f"no reply within {self._deadline} s"
-            raise BackendError(f"{name} failed: {type(exc).__name__}: {reason}") from exc
+            one_node = isinstance(exc, _NodeCoolingDown) or (
+                node is not None and isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError)
+            )
+            error = PartialBackendError if one_node else BackendError
+            raise error(f"{name} failed: {type(exc).__name__}: {reason}") from exc
 
     async def _cluster_node(self, key: str | None) -> str | None:
         """The name of the cluster node serving `key` (None for a single node or no key).
@@ -199,7 +204,7 @@ class RedisBackend:
         if until is not None:
             now = time.monotonic()
             if now < until:
-                raise RedisConnectionError(
+                raise _NodeCoolingDown(
                     f"cluster node {node.name} failed less than {self.node_cooldown} s ago"
                 )
             self._down_until[node.name] = now + self.node_cooldown
@@ -268,3 +273,7 @@ def _sentinel_client(parts: SplitResult, settings: dict[str, Any]) -> tuple[Sent
     sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
     primary: Redis = sentinel.master_for(path[0])
     return sentinel, primary
+
+
+class _NodeCoolingDown(RedisConnectionError):
+    """A cluster node that failed recently is skipped until its cool-down ends."""
