@@ -1,6 +1,6 @@
 """A Redis response cache for Starlette/FastAPI apps, added with one `add_middleware` call."""
 
-from .backends import Backend, BackendError, MemoryBackend, RedisBackend
+from .backends import Backend, BackendError, MemoryBackend, RedisBackend, TieredBackend
 from .breaker import CircuitBreaker
 from .middleware import CacheMiddleware, MetricsEndpoint
 from .rules import CacheRule
@@ -14,5 +14,6 @@ __all__ = [
     "MemoryBackend",
     "MetricsEndpoint",
     "RedisBackend",
+    "TieredBackend",
 ]
 __version__ = "0.1.0"

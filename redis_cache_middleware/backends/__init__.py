@@ -3,6 +3,7 @@
 from .base import Backend, BackendError, LockingBackend, PartialBackendError
 from .memory import MemoryBackend
 from .redis import RedisBackend
+from .tiered import TieredBackend
 
 __all__ = [
     "Backend",
@@ -11,4 +12,5 @@ __all__ = [
     "MemoryBackend",
     "PartialBackendError",
     "RedisBackend",
+    "TieredBackend",
 ]
