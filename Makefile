@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint redis-server clean
+.PHONY: demo test lint bench redis-server clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP) redis-server
 	$(PY) -m pytest
+
+bench: $(STAMP) redis-server
+	$(PY) -m pip install -q -e ".[demo,bench]"
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q wrk; } || echo "no wrk: using the Python load generator"
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

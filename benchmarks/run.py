@@ -1,0 +1,330 @@
+"""Run every scenario and write the table, the chart and the profiles to benchmarks/results/.
+
+    python -m benchmarks.run            # full run, about 4-5 minutes
+    python -m benchmarks.run --quick    # about 1.5 minutes, shorter windows
+    python -m benchmarks.run --only redis-hit,l1-hit --no-gc --no-profile
+
+The server runs on core 0, the load generator and our own redis-server on core 1, all on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks import loadgen, report
+from benchmarks.apps import HIT_PATH, SCENARIOS
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+SERVER_CORE, LOAD_CORE = 0, 1
+# Commands that are not part of serving a request: ours (INFO, CONFIG) and connection set-up.
+ADMIN_COMMANDS = ("info", "config", "ping", "client", "hello", "select", "command", "subscribe", "script")
+
+
+def pinned(core: int) -> Callable[[], None] | None:
+    """A preexec_fn that pins the child to `core` (None when there are not two cores to split)."""
+    if (os.cpu_count() or 1) < 2 or not hasattr(os, "sched_setaffinity"):
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {core})
+
+    return pin
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[tuple[str, redis.Redis]]:
+    """A redis-server of our own on a free port in a temporary folder, pinned to the load core."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed: apt-get install redis-server")
+    folder = tempfile.mkdtemp(prefix="rcm-bench-redis-")
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(
+        [*command, "--dir", folder], stdout=subprocess.DEVNULL, preexec_fn=pinned(LOAD_CORE)
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if get(port, "/health")[0] in (200, 404):  # the constant apps have no /health
+                return
+        time.sleep(0.1)
+    raise RuntimeError("server did not answer in time")
+
+
+def data_commands(client: redis.Redis) -> int:
+    """Commands Redis ran since CONFIG RESETSTAT, ours and connection set-up left out.
+
+    Redis counts the commands a Lua script runs as well as the script call, and MULTI/EXEC separately.
+    """
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
+    return sum(
+        value.get("calls", 0)
+        for name, value in stats.items()
+        if not name.removeprefix("cmdstat_").startswith(ADMIN_COMMANDS)
+    )
+
+
+@dataclass
+class Run:
+    scenario: str
+    label: str
+    gc_freeze: bool = False
+    profile: bool = False
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def run_one(
+    run: Run, redis_url: str, client: redis.Redis, args: argparse.Namespace, work: Path, run_id: int
+) -> None:
+    scenario = SCENARIOS[run.scenario]
+    client.flushall()
+    port = free_port()
+    stats_file = work / f"{run.label}.stats.json"
+    profile_file = RESULTS / f"profile-{run.scenario}.prof"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.server",
+        run.scenario,
+        "--port",
+        str(port),
+        "--redis-url",
+        redis_url,
+        "--stats",
+        str(stats_file),
+    ]
+    if run.gc_freeze:
+        command.append("--gc-freeze")
+    if run.profile:
+        command += ["--profile", str(profile_file)]
+    log = (work / f"{run.label}.log").open("wb")
+    server = subprocess.Popen(
+        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned(SERVER_CORE)
+    )
+    generate = loadgen.run_wrk if args.loadgen == "wrk" else loadgen.run_python
+    url = f"http://127.0.0.1:{port}{HIT_PATH}"
+    try:
+        wait_ready(port, server)
+        checks: dict[str, Any] = {}
+        for attempt in ("first", "second"):
+            status, headers = get(port, HIT_PATH)
+            checks[attempt] = [status, headers.get("x-cache")]
+        if scenario.unique:
+            status, headers = get(port, next(loadgen.unique_paths(90000 + run_id)))
+            checks["unique"] = [status, headers.get("x-cache")]
+        checks["redis_keys_after_priming"] = client.dbsize()
+        options: dict[str, Any] = {"connections": args.connections, "unique": scenario.unique}
+        if args.loadgen == "wrk":
+            options["preexec"] = pinned(LOAD_CORE)
+        # Distinct run ids: the window must not replay the warm-up's unique URLs (they would be hits).
+        generate(url, seconds=args.warmup, run_id=10 * run_id + 1, **options)
+        server.send_signal(signal.SIGUSR1)
+        client.config_resetstat()
+        time.sleep(0.05)
+        measured = generate(url, seconds=args.duration, run_id=10 * run_id + 2, **options)
+        commands = data_commands(client)
+        server.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 20
+        while not stats_file.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("server wrote no stats")
+            time.sleep(0.05)
+        status, headers = get(port, HIT_PATH)
+        checks["after"] = [status, headers.get("x-cache")]
+        server_stats = json.loads(stats_file.read_text())
+        run.result = {
+            **measured,
+            "redis_commands_per_request": commands / measured["requests"] if measured["requests"] else None,
+            "checks": checks,
+            "server": server_stats,
+        }
+        expected = scenario.expect_cache
+        if expected == "HIT" and (checks["second"][1] != "HIT" or checks["after"][1] != "HIT"):
+            run.result["warning"] = f"expected X-Cache HIT, got {checks}"
+        if expected == "MISS" and checks["unique"][1] != "MISS":
+            run.result["warning"] = f"expected X-Cache MISS, got {checks}"
+        if scenario.peer and checks["redis_keys_after_priming"] == 0:
+            run.result["warning"] = "the peer cache stored nothing in Redis"
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        log.close()
+    if run.profile:
+        run.result["profile_file"] = str(profile_file)
+
+
+def plan(args: argparse.Namespace) -> list[Run]:
+    names = list(SCENARIOS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenarios {unknown}; choose among {list(SCENARIOS)}")
+    runs = [Run(name, name) for name in names if not (args.skip_peers and SCENARIOS[name].peer)]
+    if not args.no_gc:
+        for name in ("redis-hit", "l1-hit"):
+            if name in names:
+                runs.append(Run(name, f"{name}+gc.freeze", gc_freeze=True))
+    if not args.no_profile:
+        for name in ("redis-hit", "l1-hit"):
+            if name in names:
+                # Frozen, so that a full collection's pause is not charged to whichever call allocated.
+                runs.append(Run(name, f"{name}+cProfile", gc_freeze=True, profile=True))
+    return runs
+
+
+def peer_missing(name: str) -> str | None:
+    peer = SCENARIOS[name].peer
+    if peer is None:
+        return None
+    module = {"fastapi-cache2": "fastapi_cache", "cashews": "cashews", "hishel": "hishel.asgi"}[peer]
+    try:
+        __import__(module)
+    except ImportError as exc:
+        return f"{peer} is not installed ({exc}): pip install -e '.[bench]'"
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="1 s warm-up and 3 s windows")
+    parser.add_argument("--warmup", type=float, help="seconds of load before each window (default 2)")
+    parser.add_argument("--duration", type=float, help="seconds measured per scenario (default 8)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--only", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
+    parser.add_argument("--skip-peers", action="store_true", help="leave out the other caches")
+    parser.add_argument("--no-gc", action="store_true", help="leave out the gc.freeze() runs")
+    parser.add_argument("--no-profile", action="store_true", help="leave out the cProfile runs")
+    parser.add_argument("--no-hitpath", action="store_true", help="leave out the in-process step timings")
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    args = parser.parse_args(argv)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
+    args.duration = args.duration if args.duration is not None else (3.0 if args.quick else 8.0)
+    if args.loadgen == "auto":
+        args.loadgen = "wrk" if loadgen.wrk_available() else "python"
+    pin_self = pinned(LOAD_CORE)
+    if pin_self is not None:
+        pin_self()  # this process and the Python load generator stay off the server's core
+
+    RESULTS.mkdir(exist_ok=True)
+    runs = plan(args)
+    started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
+    hitpath = ""
+    with tempfile.TemporaryDirectory(prefix="rcm-bench-") as folder, private_redis() as (redis_url, client):
+        work = Path(folder)
+        for number, run in enumerate(runs, start=1):
+            missing = peer_missing(run.scenario)
+            if missing:
+                run.result = {"skipped": missing}
+                print(f"[{number}/{len(runs)}] {run.label}: skipped, {missing}", flush=True)
+                continue
+            try:
+                run_one(run, redis_url, client, args, work, run_id=number)
+            except Exception as exc:  # one broken scenario must not lose the others
+                logs = work / f"{run.label}.log"
+                tail = logs.read_text(errors="replace")[-2000:] if logs.exists() else ""
+                run.result = {"failed": repr(exc), "log": tail}
+            print(f"[{number}/{len(runs)}] {report.one_line(run.label, run.result)}", flush=True)
+        if not args.no_hitpath:
+            from benchmarks.hitpath import run as hitpath_run
+
+            try:
+                hitpath = hitpath_run(redis_url, 1000 if args.quick else 3000)
+            except Exception as exc:
+                hitpath = f"hit-path timings failed: {exc!r}\n"
+            print("[hit path] in-process step timings done", flush=True)
+    elapsed = time.monotonic() - started
+    machine = report.machine(
+        args, redis_url_version(), loadgen.wrk_version() if args.loadgen == "wrk" else None
+    )
+    machine["total_run_s"] = round(elapsed, 1)
+    machine["load_average_at_start"] = load_at_start
+    data = {"machine": machine, "runs": [run.__dict__ for run in runs], "hitpath": hitpath}
+    (RESULTS / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    markdown = report.markdown(data)
+    (RESULTS / "results.md").write_text(markdown)
+    chart = report.chart(data, RESULTS / "benchmark.png")
+    print()
+    print(markdown)
+    print(f"written: {RESULTS / 'results.md'}, {RESULTS / 'results.json'}" + (f", {chart}" if chart else ""))
+
+
+def redis_url_version() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return "not installed"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
+    return out.split(" v=")[1].split()[0] if " v=" in out else out.strip()
+
+
+if __name__ == "__main__":
+    main()
