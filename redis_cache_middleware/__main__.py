@@ -1,0 +1,7 @@
+"""`python -m redis_cache_middleware`: the operator CLI (see `cli.py`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
