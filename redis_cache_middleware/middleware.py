@@ -8,14 +8,17 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import policy
-from .backends import Backend, BackendError, LockingBackend, PartialBackendError, RedisBackend
+from . import admin, policy
+from .backends import Backend, BackendError, LockingBackend, MemoryBackend, PartialBackendError, RedisBackend
 from .breaker import CircuitBreaker
 from .coalesce import SingleFlight, wait
 from .entry import MUST_REVALIDATE, REVALIDATABLE, Entry, VaryMarker, decode, encode, encode_marker
@@ -490,8 +493,9 @@ class CacheMiddleware:
             extra = [(b"x-cache", b"BYPASS"), (b"cache-status", status)]
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and extra:
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            if message["type"] == "http.response.start":
+                headers = policy.without_tag_headers(message.get("headers", ()))
+                message = {**message, "headers": headers + extra}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -526,9 +530,9 @@ class CacheMiddleware:
 
         await self.app(scope, receive, send_and_invalidate)
 
-    async def store(self, entry: Entry, rule: CacheRule, primary_key: str) -> bool:
-        """Write an entry (and the Vary marker that leads to it); a failure is counted by the breaker and
-        dropped, never retried or raised."""
+    async def store(self, entry: Entry, rule: CacheRule, primary_key: str, tags: Sequence[str] = ()) -> bool:
+        """Write an entry (and the Vary marker that leads to it) and index it under `tags`; a failure is
+        counted by the breaker and dropped, never retried or raised."""
         keep = max(entry.ttl, rule.ttl if entry.flags & REVALIDATABLE else 0.0)
         if not entry.flags & MUST_REVALIDATE:
             keep += max(rule.stale_while_revalidate, rule.stale_if_error)
@@ -546,7 +550,83 @@ class CacheMiddleware:
             return False
         self.breaker.success()
         self.metrics.stored(rule.key_name, len(entry.body), True)
+        if tags:
+            await self._index_tags(entry, primary_key, tags, keep)
         return True
+
+    async def _index_tags(self, entry: Entry, primary_key: str, tags: Sequence[str], keep: float) -> None:
+        """Add the entry (and its Vary marker) to its tags' sets, within the backend timeout."""
+        client = _redis_client(self.backend)
+        if client is None:
+            return
+        try:
+            async with asyncio.timeout(getattr(self.backend, "timeout", 0.05)):
+                for key in (entry.key, primary_key) if entry.vary else (entry.key,):
+                    await admin.index_tags(client, self.prefix, self.namespace, key, tags, keep)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.debug("could not index tags %s of %s: %r", tags, entry.key, exc)
+
+    async def invalidate(
+        self,
+        *,
+        url: str | None = None,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        path: str | None = None,
+        tags: Sequence[str] = (),
+        everything: bool = False,
+    ) -> int:
+        """Drop cached responses; the number deleted. One of: the request `method url` (with its `body`
+        and `headers`); every entry of the rule that routes `path`; every entry under any of `tags`; or
+        `everything` in the namespace. Bulk deletion is SCAN/SSCAN + UNLINK in batches, never KEYS.
+        Raises `BackendError` when Redis fails, `ValueError` when nothing matches the request."""
+        if sum((url is not None, path is not None, bool(tags), everything)) != 1:
+            raise ValueError("invalidate takes exactly one of url=, path=, tags= or everything=True")
+        if url is not None:
+            rule = self.rules.match(method.upper(), urlsplit(url).path or "/")
+            if rule is None:
+                raise ValueError(f"no cache rule matches {method} {url}")
+            key = admin.request_key(
+                prefix=self.prefix,
+                namespace=self.namespace,
+                version=self.version,
+                rule=rule,
+                method=method,
+                url=url,
+                body=body,
+                headers=headers,
+                credential_headers=self.credential_headers,
+            )
+            return await self.backend.delete([key])
+        client = _redis_client(self.backend)
+        if client is None:
+            if not everything or not isinstance(self.backend, MemoryBackend):
+                raise TypeError("invalidate by path or tags needs a Redis backend")
+            count = len(self.backend)
+            await self.backend.aclose()
+            return count
+        try:
+            if path is not None:
+                rule = next((r for r in self.rules.rules if r.path == path or r.key_name == path), None)
+                rule = rule or self.rules.match("GET", path)
+                if rule is None:
+                    raise ValueError(f"no cache rule for path {path!r}")
+                count = await admin.purge(
+                    client, prefix=self.prefix, namespace=self.namespace, rule=rule.key_name
+                )
+            elif tags:
+                count = 0
+                for tag in tags:
+                    count += await admin.purge(client, prefix=self.prefix, namespace=self.namespace, tag=tag)
+            else:
+                count = await admin.purge(client, prefix=self.prefix, namespace=self.namespace, all=True)
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"invalidate failed: {exc!r}") from exc
+        logger.info(
+            "invalidated %d entries (%s)", count, path or (tags and f"tags {list(tags)}") or "everything"
+        )
+        return count
 
 
 class MetricsEndpoint:
@@ -678,7 +758,8 @@ class MissResponder:
             storage.last_modified,
             storage.vary,
         )
-        stored = await self.cache.store(entry, self.request.rule, self.request.primary_key)
+        tags = (*self.request.rule.tags, *policy.response_tags(self.headers))
+        stored = await self.cache.store(entry, self.request.rule, self.request.primary_key, tags)
         if self.flight is not None and stored:
             self.cache.flights.finish(self.request.primary_key, self.flight, entry)
         return entry, stored
@@ -727,7 +808,9 @@ class MissResponder:
         if self.start is None:
             return
         params = (self.fwd, "stored") if self.storing else (self.fwd,)
-        headers = self.headers + self.cache._status_headers(self.request, b"MISS", *params)
+        headers = policy.without_tag_headers(self.headers) + self.cache._status_headers(
+            self.request, b"MISS", *params
+        )
         start, self.start = {**self.start, "headers": headers}, None
         await self._forward(start)
 
@@ -810,3 +893,9 @@ def _route_path(scope: Scope) -> str:
     if root_path and path.startswith(root_path):
         return path[len(root_path) :] or "/"
     return path
+
+
+def _redis_client(backend: Backend) -> Redis | RedisCluster | None:
+    """The Redis client behind a backend (a TieredBackend's L2 included), or None for an in-process one."""
+    target = getattr(backend, "l2", backend)
+    return target.client if isinstance(target, RedisBackend) else None

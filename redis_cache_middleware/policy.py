@@ -30,7 +30,10 @@ HOP_BY_HOP = frozenset(
 )
 # Never stored: hop-by-hop fields, cookies (one client's state), fields recomputed on every hit, and the
 # app's tag header (stripped before any client sees it).
-NOT_STORED = HOP_BY_HOP | {b"set-cookie", b"content-length", b"age", b"x-cache", b"cache-status"}
+TAG_HEADERS = frozenset({b"cache-tag", b"surrogate-key"})
+NOT_STORED = (
+    HOP_BY_HOP | TAG_HEADERS | {b"set-cookie", b"content-length", b"age", b"x-cache", b"cache-status"}
+)
 # Request fields that carry a client's identity by default: such requests bypass unless the rule is private.
 CREDENTIAL_HEADERS = (b"authorization", b"cookie", b"x-api-key")
 # Section 4.2.2: statuses that may be given a heuristic lifetime.
@@ -218,6 +221,20 @@ def freshened_headers(stored: RawHeaders, update: RawHeaders) -> list[tuple[byte
     return [(n, v) for n, v in stored if n.lower() not in replaced] + [
         (n, v) for n, v in replacement if n.lower() in replaced
     ]
+
+
+def response_tags(headers: RawHeaders) -> tuple[str, ...]:
+    """Tags the app gave a response in `Cache-Tag` (comma-separated) or `Surrogate-Key` (space-separated)."""
+    tags: list[str] = []
+    for name, value in headers:
+        if name.lower() in TAG_HEADERS:
+            tags += value.decode("latin-1").replace(",", " ").split()
+    return tuple(dict.fromkeys(tags))
+
+
+def without_tag_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
+    """The response fields a client gets: the app's tag headers are for the cache only."""
+    return [(name, value) for name, value in headers if name.lower() not in TAG_HEADERS]
 
 
 def stored_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:

@@ -29,6 +29,7 @@ class CacheRule:
     seconds after expiry a stale entry may be served while refreshing / when the app fails.
     `invalidate_on`: unsafe methods whose 2xx/3xx response on a matching URL drops its cached GET entry.
     `early_refresh`: XFetch beta (e.g. 1.0) to refresh hot entries before they expire; None is off.
+    `tags`: names every entry of this rule is indexed under, for `CacheMiddleware.invalidate(tags=...)`.
     """
 
     path: str
@@ -46,6 +47,7 @@ class CacheRule:
     stale_if_error: float = 0
     invalidate_on: Sequence[str] = ()
     early_refresh: float | None = None
+    tags: Sequence[str] = ()
     # Derived once at construction; not arguments.
     regex: Pattern[str] | None = field(init=False, repr=False, compare=False)
     method_set: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -82,6 +84,12 @@ class CacheRule:
         for window in ("stale_while_revalidate", "stale_if_error"):
             if not isinstance(getattr(self, window), int | float) or getattr(self, window) < 0:
                 raise ValueError(f"CacheRule {window} must be a non-negative number of seconds")
+        if isinstance(self.tags, str) or not all(
+            isinstance(t, str) and t and " " not in t for t in self.tags
+        ):
+            raise ValueError(
+                f"CacheRule tags must be a sequence of non-empty names without spaces: {self.tags!r}"
+            )
         if self.early_refresh is not None and not self.early_refresh > 0:
             raise ValueError("CacheRule early_refresh must be a positive XFetch beta, or None")
         if isinstance(self.vary, str):
@@ -107,6 +115,7 @@ class RuleMatcher:
     """Finds the first rule, in the order given, whose path and method match a request."""
 
     def __init__(self, rules: Sequence[CacheRule]) -> None:
+        self.rules = list(rules)
         self._exact: dict[str, list[tuple[int, CacheRule]]] = {}
         self._templates: list[tuple[int, CacheRule]] = []
         for index, rule in enumerate(rules):

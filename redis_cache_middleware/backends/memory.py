@@ -53,6 +53,9 @@ class MemoryBackend:
         self._items.clear()
         self.size = 0
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def _remove(self, key: str) -> bool:
         item = self._items.pop(key, None)
         if item is None:
