@@ -22,7 +22,7 @@ def free_port() -> int:
 class RedisServer:
     """One `redis-server` on 127.0.0.1 that a test may stop, kill, pause and start again on the same port."""
 
-    def __init__(self, directory: Path, *extra_args: str) -> None:
+    def __init__(self, directory: Path, *extra_args: str, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -31,7 +31,8 @@ class RedisServer:
         self.binary = binary
         self.directory = directory
         self.port = free_port()
-        self.extra_args = extra_args
+        self.extra_args = (*extra_args, "--requirepass", password) if password else extra_args
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,7 +40,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, password=self.password)
 
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,93 @@
+"""The pipelined GET connection: in step under timeouts, authenticated, any db, unix sockets, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from redis_cache_middleware import BackendError, RedisBackend
+from redis_cache_middleware.backends.pipeline import PipelinedGet
+
+from .redis_server import RedisServer
+
+
+async def test_concurrent_gets_share_one_connection_and_each_gets_its_own_value(
+    redis_server: RedisServer,
+) -> None:
+    backend = RedisBackend.from_url(redis_server.url, timeout=0.5)
+    for i in range(50):
+        await backend.set(f"pipe:{i}", str(i).encode(), 60)
+    clients_before = len(redis_server.client().client_list(_type="normal"))
+    values = await asyncio.gather(*(backend.get(f"pipe:{i % 50}") for i in range(500)))
+    assert values == [str(i % 50).encode() for i in range(500)]
+    assert await backend.get("pipe:absent") is None
+    assert len(redis_server.client().client_list(_type="normal")) <= clients_before + 1
+    await backend.aclose()
+
+
+async def test_timed_out_gets_leave_the_connection_in_step(fresh_redis: RedisServer) -> None:
+    backend = RedisBackend.from_url(fresh_redis.url, timeout=0.05)
+    await backend.set("a", b"value-a", 60)
+    await backend.set("b", b"value-b", 60)
+    assert await backend.get("a") == b"value-a"
+    fresh_redis.pause()
+    try:
+        with pytest.raises(BackendError, match="GET failed"):
+            await backend.get("a")
+    finally:
+        fresh_redis.resume()
+    # the late reply to the timed-out GET of "a" arrives first; it must not be taken for "b"
+    assert await backend.get("b") == b"value-b"
+    assert await backend.get("a") == b"value-a"
+    await backend.aclose()
+
+
+async def test_password_and_database_from_the_url(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "auth", password="s3cret").start()
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        backend = RedisBackend.from_url(url, timeout=0.5)
+        await backend.set("k", b"in-db-3", 60)
+        assert await backend.get("k") == b"in-db-3"
+        wrong = RedisBackend.from_url(f"redis://:wrong@127.0.0.1:{server.port}/3", timeout=0.5)
+        with pytest.raises(BackendError):
+            await wrong.get("k")
+        await backend.aclose()
+        await wrong.aclose()
+    finally:
+        server.kill()
+
+
+async def test_unix_socket(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path / "unix", "--unixsocket", str(socket_path)).start()
+    try:
+        backend = RedisBackend.from_url(f"unix://{socket_path}?db=1", timeout=0.5)
+        await backend.set("k", b"over-unix", 60)
+        assert await backend.get("k") == b"over-unix"
+        await backend.aclose()
+    finally:
+        server.kill()
+
+
+async def test_reconnects_after_redis_restarts(fresh_redis: RedisServer) -> None:
+    backend = RedisBackend.from_url(fresh_redis.url, timeout=0.2)
+    await backend.set("k", b"v", 60)
+    assert await backend.get("k") == b"v"
+    fresh_redis.kill()
+    with pytest.raises(BackendError):
+        await backend.get("k")
+    fresh_redis.start()
+    assert await backend.get("k") is None  # a new, empty server; the connection was re-opened
+    await backend.set("k", b"again", 60)
+    assert await backend.get("k") == b"again"
+    await backend.aclose()
+
+
+def test_only_plain_single_node_urls_get_a_pipeline() -> None:
+    assert PipelinedGet.from_url("redis://127.0.0.1:6379/0") is not None
+    assert PipelinedGet.from_url("unix:///tmp/redis.sock") is not None
+    assert PipelinedGet.from_url("rediss://127.0.0.1:6379/0") is None
+    assert PipelinedGet.from_url("redis://127.0.0.1:6379/0?ssl_cert_reqs=none") is None
