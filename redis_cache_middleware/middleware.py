@@ -100,6 +100,8 @@ class CacheMiddleware:
             if backend is not None
             else RedisBackend.from_url(str(redis_url), timeout=timeout, connect_timeout=connect_timeout)
         )
+        if isinstance(self.backend, RedisBackend) and _loop_running():
+            self.backend.warm()  # Starlette builds middleware at lifespan startup or the first request
         if lock and not isinstance(self.backend, LockingBackend):
             raise ValueError(
                 "CacheMiddleware lock=True needs a backend with acquire/release (LockingBackend)"
@@ -899,3 +901,11 @@ def _redis_client(backend: Backend) -> Redis | RedisCluster | None:
     """The Redis client behind a backend (a TieredBackend's L2 included), or None for an in-process one."""
     target = getattr(backend, "l2", backend)
     return target.client if isinstance(target, RedisBackend) else None
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from redis_cache_middleware import BackendError, RedisBackend
-from redis_cache_middleware.backends.pipeline import PipelinedGet
+from redis_cache_middleware.backends.pipeline import Pipeline
 
 from .redis_server import RedisServer
 
@@ -87,7 +89,43 @@ async def test_reconnects_after_redis_restarts(fresh_redis: RedisServer) -> None
 
 
 def test_only_plain_single_node_urls_get_a_pipeline() -> None:
-    assert PipelinedGet.from_url("redis://127.0.0.1:6379/0") is not None
-    assert PipelinedGet.from_url("unix:///tmp/redis.sock") is not None
-    assert PipelinedGet.from_url("rediss://127.0.0.1:6379/0") is None
-    assert PipelinedGet.from_url("redis://127.0.0.1:6379/0?ssl_cert_reqs=none") is None
+    assert Pipeline.from_url("redis://127.0.0.1:6379/0") is not None
+    assert Pipeline.from_url("unix:///tmp/redis.sock") is not None
+    assert Pipeline.from_url("rediss://127.0.0.1:6379/0") is None
+    assert Pipeline.from_url("redis://127.0.0.1:6379/0?ssl_cert_reqs=none") is None
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_stalled_event_loop_is_not_taken_for_a_slow_redis(redis_server: RedisServer, loop: str) -> None:
+    """A long garbage collection or blocking call delays the timer and the reply alike: the reply that
+    arrived in time is read, not thrown away as a timeout that would open the circuit breaker. Under
+    both asyncio and uvloop (uvicorn's loop when installed)."""
+
+    async def scenario() -> list[bytes | None]:
+        backend = RedisBackend.from_url(redis_server.url, timeout=0.02)
+        await backend.set("stall", b"still-here", 60)
+        assert await backend.get("stall") == b"still-here"
+
+        gets = [asyncio.ensure_future(backend.get("stall")) for _ in range(20)]
+        await asyncio.sleep(0)  # the GETs are written in this turn of the loop...
+        time.sleep(0.1)  # noqa: ASYNC251 -- ...and the loop blocks before it can read a reply
+        values = await asyncio.gather(*gets)
+        await backend.aclose()
+        return values
+
+    values = uvloop.run(scenario()) if loop == "uvloop" else asyncio.run(scenario())
+    assert values == [b"still-here"] * 20
+
+
+async def test_redis_that_really_does_not_answer_still_times_out(fresh_redis: RedisServer) -> None:
+    backend = RedisBackend.from_url(fresh_redis.url, timeout=0.05)
+    await backend.get("warm")
+    fresh_redis.pause()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(BackendError, match=r"no reply within 0\.05"):
+            await backend.get("k")
+        assert time.perf_counter() - started < 0.5
+    finally:
+        fresh_redis.resume()
+    await backend.aclose()

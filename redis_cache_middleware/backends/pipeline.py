@@ -1,6 +1,6 @@
-"""A lean, pipelined Redis connection for the hit path's one command, `GET`.
+"""A lean, pipelined Redis connection for the request path's two commands, `GET` and `SET`.
 
-Concurrent GETs are written back to back on one socket and their replies matched in order (RESP replies
+Concurrent commands are written back to back on one socket and their replies matched in order (RESP replies
 come in request order), parsed by hiredis. A caller that times out simply stops waiting: its reply is
 still read and dropped when it arrives, so a slow reply can never be taken for another key's. The
 connection is opened lazily, re-opened after it is lost, and bound to the event loop that opened it.
@@ -66,6 +66,26 @@ class _Protocol(asyncio.Protocol):
         return waiter
 
 
+class _Deadline:
+    """Fails a waiter with `TimeoutError` after `seconds`, unless its reply was read first. Unlike
+    cancelling the caller (`asyncio.timeout`), this lets a reply that arrived while the loop was stalled
+    (a long garbage collection, a blocking call) win over a timer that fell due in the same stall: a
+    pause of this process is not Redis being slow, and must not open the circuit breaker."""
+
+    def __init__(self, waiter: asyncio.Future[Any], seconds: float, what: str = "no reply") -> None:
+        self.waiter = waiter
+        self.seconds = seconds
+        self.what = what
+        self.handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        if not self.waiter.done():
+            self.waiter.set_exception(TimeoutError(f"{self.what} within {self.seconds} s"))
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 def _command(*parts: bytes) -> bytes:
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
@@ -73,8 +93,9 @@ def _command(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
-class PipelinedGet:
-    """`GET` over one pipelined connection to a single Redis node (`redis://` or `unix://`, no TLS)."""
+class Pipeline:
+    """`GET` and `SET` over one pipelined connection to a single Redis node (`redis://` or `unix://`,
+    no TLS): the two commands of the request path, at a fraction of a general client's cost."""
 
     def __init__(
         self,
@@ -94,10 +115,10 @@ class PipelinedGet:
             self._setup.append(_command(b"SELECT", str(db).encode()))
         self._protocol: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._opening: asyncio.Task[_Protocol] | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> PipelinedGet | None:
+    def from_url(cls, url: str) -> Pipeline | None:
         """For a plain `redis://` or `unix://` URL; None for TLS or anything it does not handle."""
         if not url.lower().startswith(("redis://", "unix://")):
             return None
@@ -114,15 +135,28 @@ class PipelinedGet:
             password=settings.get("password"),
         )
 
-    async def get(self, key: str) -> bytes | None:
-        """The value at `key`; raises `PipelineError` (or `OSError` while connecting). The caller bounds
-        the wait: cancelling it leaves the connection in step."""
-        protocol = await self.connect()
-        encoded = key.encode()
-        reply = await protocol.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded), encoded))
+    async def get(self, key: str, within: float) -> bytes | None:
+        """The value at `key`; `TimeoutError` when no reply came within `within` s (of time the loop was
+        free to read it), `PipelineError` (or `OSError` while connecting) on failure."""
+        reply = await self._call(within, b"GET", key.encode())
         if reply is not None and not isinstance(reply, bytes):
             raise PipelineError(f"unexpected reply to GET: {type(reply).__name__}")
         return reply
+
+    async def set(self, key: str, value: bytes, milliseconds: int, within: float) -> None:
+        """`SET key value PX milliseconds`, with the same bounds and errors as `get`."""
+        reply = await self._call(within, b"SET", key.encode(), value, b"PX", str(milliseconds).encode())
+        if reply != b"OK":
+            raise PipelineError(f"unexpected reply to SET: {reply!r}")
+
+    async def _call(self, within: float, *parts: bytes) -> Any:
+        protocol = await self.connect(within)
+        waiter = protocol.send(_command(*parts))
+        deadline = _Deadline(waiter, within)
+        try:
+            return await waiter
+        finally:
+            deadline.cancel()
 
     @property
     def connected(self) -> bool:
@@ -135,36 +169,45 @@ class PipelinedGet:
             and not protocol.transport.is_closing()
         )
 
-    async def connect(self) -> _Protocol:
-        """The open connection, opened now (once for all concurrent callers) if need be."""
+    async def connect(self, within: float = 1.0) -> _Protocol:
+        """The open connection, opening it if need be (one attempt shared by concurrent callers, which
+        outlives a caller that stops waiting after `within` s)."""
         loop = asyncio.get_running_loop()
         if self._protocol is not None and self.connected and self._loop is loop:
             return self._protocol
-        if self._connecting is not None and self._loop is loop and not self._connecting.done():
-            return await asyncio.shield(self._connecting)
-        self.close()
-        self._loop = loop
-        self._connecting = loop.create_future()
-        connecting = self._connecting
-        try:
-            protocol = await self._open()
-        except BaseException as exc:
-            if not connecting.done():
-                connecting.set_exception(exc if isinstance(exc, Exception) else PipelineError("cancelled"))
-                connecting.exception()  # retrieved: concurrent callers, if any, have seen it
-            raise
-        self._protocol = protocol
-        connecting.set_result(protocol)
-        return protocol
+        if self._opening is None or self._opening.done() or self._loop is not loop:
+            self.close()
+            self._loop = loop
+            self._opening = loop.create_task(self._open(max(within, 1.0)))
+        waiter: asyncio.Future[_Protocol] = loop.create_future()
 
-    async def _open(self) -> _Protocol:
+        def relay(opening: asyncio.Task[_Protocol]) -> None:
+            if waiter.done():
+                return
+            if opening.cancelled():
+                waiter.set_exception(PipelineError("connecting was cancelled"))
+            elif (error := opening.exception()) is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(opening.result())
+
+        self._opening.add_done_callback(relay)
+        deadline = _Deadline(waiter, within, "no connection")
+        try:
+            return await waiter
+        finally:
+            deadline.cancel()
+
+    async def _open(self, limit: float) -> _Protocol:
         loop = asyncio.get_running_loop()
-        if self.path is not None:
-            _, protocol = await loop.create_unix_connection(_Protocol, self.path)
-        else:
-            _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
-        for command in self._setup:
-            await protocol.send(command)
+        async with asyncio.timeout(limit):
+            if self.path is not None:
+                _, protocol = await loop.create_unix_connection(_Protocol, self.path)
+            else:
+                _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+            for command in self._setup:
+                await protocol.send(command)
+        self._protocol = protocol
         return protocol
 
     def close(self) -> None:

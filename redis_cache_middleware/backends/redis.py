@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from .base import BackendError, PartialBackendError
-from .pipeline import PipelinedGet
+from .pipeline import Pipeline
 
 DEFAULT_TIMEOUT = 0.05
 DEFAULT_MAX_CONNECTIONS = 64
@@ -59,7 +59,7 @@ class RedisBackend:
         connect_timeout: float | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         node_cooldown: float = DEFAULT_NODE_COOLDOWN,
-        pipeline: PipelinedGet | None = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
         if not timeout > 0 or (connect_timeout is not None and not connect_timeout > 0):
             raise ValueError("RedisBackend timeout and connect_timeout must be positive")
@@ -109,7 +109,7 @@ class RedisBackend:
         scheme = parts.scheme.lower()
         closers: list[_Closer] = []
         client: Redis | RedisCluster
-        pipeline: PipelinedGet | None = None
+        pipeline: Pipeline | None = None
         if scheme in CLUSTER_SCHEMES:
             client = _cluster_client(parts, settings)
         elif scheme in SENTINEL_SCHEMES:
@@ -117,7 +117,7 @@ class RedisBackend:
             closers.append(sentinel.aclose)
         elif scheme in SINGLE_NODE_SCHEMES:
             client = Redis.from_url(url, **{**_POOL_CHECKS, **settings})
-            pipeline = PipelinedGet.from_url(url) if not options else None
+            pipeline = Pipeline.from_url(url) if not options else None
         else:
             known = ", ".join(f"{s}://" for s in (*SINGLE_NODE_SCHEMES, *CLUSTER_SCHEMES, *SENTINEL_SCHEMES))
             raise ValueError(f"Redis URL scheme must be one of {known}: {url!r}")
@@ -133,23 +133,19 @@ class RedisBackend:
         return backend
 
     async def get(self, key: str) -> bytes | None:
-        """One `GET`: on a single node made by `from_url`, over the pipelined connection (the hit path's
-        only command, at a fraction of redis-py's cost); otherwise through the client."""
+        """One `GET`: on a single node made by `from_url`, over the pipelined connection; otherwise through
+        the client."""
         if self._pipeline is not None:
-            try:
-                if not self._pipeline.connected:
-                    async with asyncio.timeout(self.connect_timeout):
-                        await self._pipeline.connect()
-                async with asyncio.timeout(self.timeout):
-                    return await self._pipeline.get(key)
-            except Exception as exc:
-                reason = str(exc) or f"no reply within {self._deadline} s"
-                raise BackendError(f"GET failed: {type(exc).__name__}: {reason}") from exc
+            return await self._pipelined("GET", self._pipeline.get, key)
         value = await self._call("GET", lambda: self.client.get(key), key)
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        await self._call("SET", lambda: self.client.set(key, value, px=max(1, math.ceil(ttl * 1000))), key)
+        milliseconds = max(1, math.ceil(ttl * 1000))
+        if self._pipeline is not None:
+            await self._pipelined("SET", self._pipeline.set, key, value, milliseconds)
+            return
+        await self._call("SET", lambda: self.client.set(key, value, px=milliseconds), key)
 
     async def delete(self, keys: Sequence[str]) -> int:
         """UNLINK `keys`; on a cluster redis-py sends one UNLINK per hash slot."""
@@ -167,6 +163,24 @@ class RedisBackend:
     async def release(self, key: str, token: str) -> None:
         """Give the lease back if `token` still holds it (compare and delete in one script)."""
         await self._call("lease release", lambda: self.client.eval(_RELEASE, 1, key, token), key)
+
+    def warm(self) -> None:
+        """Start opening the pipelined connection now (from a running loop), so the first burst of
+        requests does not wait for it."""
+        if self._pipeline is not None:
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(self._pipeline.connect(self.connect_timeout))
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def _pipelined(self, name: str, command: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """Run a pipeline command: connecting bounded by `connect_timeout`, the reply by `timeout`."""
+        assert self._pipeline is not None
+        try:
+            if not self._pipeline.connected:
+                await self._pipeline.connect(self.connect_timeout)
+            return await command(*args, within=self.timeout)
+        except Exception as exc:
+            raise BackendError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._pipeline is not None:
