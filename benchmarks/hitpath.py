@@ -70,7 +70,6 @@ async def time_step(step: Step, iterations: int) -> float:
 async def measure(redis_url: str, iterations: int) -> list[tuple[str, str]]:
     from fastapi import FastAPI
 
-    from benchmarks import proposals
     from redis_cache_middleware import CacheMiddleware, CacheRule, RedisBackend, entry, keys, policy
     from redis_cache_middleware.backends.tiered import TieredBackend
 
@@ -138,14 +137,9 @@ async def measure(redis_url: str, iterations: int) -> list[tuple[str, str]]:
         "↳ keys.request_digest", lambda: lambda: keys.request_digest(rule, SCOPE, headers, None, credentials)
     )
     await row(
-        "↳ keys.canonical_request (current)",
+        "↳ keys.canonical_request",
         lambda: lambda: keys.canonical_request(rule, SCOPE, headers, None, credentials),
     )
-    if proposals.canonical_request_matches(rule, SCOPE, headers, credentials):
-        await row(
-            "↳ keys.canonical_request (proposal, byte-identical)",
-            lambda: lambda: proposals.canonical_request(rule, SCOPE, headers, None, credentials),
-        )
     await row("↳ TieredBackend.get, L1 hit", lambda: lambda: tiered.get(key))
     await row("↳ MemoryBackend.get (the L1 store)", lambda: lambda: tiered.l1.get(key))
     await row("↳ RedisBackend.get (one at a time: mostly waiting)", lambda: lambda: remote.get(key))
