@@ -37,7 +37,7 @@ def app_from_env() -> Starlette:
     """The benchmark server: a model that takes BENCH_DELAY s and counts its calls in Redis."""
     url = os.environ["REDIS_URL"]
     delay = float(os.environ.get("BENCH_DELAY", "0.1"))
-    counter = redis.asyncio.Redis.from_url(url)
+    counter = redis.asyncio.Redis.from_url(url, max_connections=10_000)
 
     async def predict(request: Request) -> JSONResponse:
         await counter.incr(CALLS_KEY)
@@ -152,7 +152,10 @@ async def fire(urls: list[str], burst: int) -> tuple[int, list[float]]:
 
         async def one(i: int) -> tuple[int, float]:
             started = time.perf_counter()
-            response = await client.get(urls[i % len(urls)] + "/predict?x=cold")
+            # one Host for every process, as behind a load balancer: the key includes it
+            response = await client.get(
+                urls[i % len(urls)] + "/predict?x=cold", headers={"host": "api.example"}
+            )
             return response.status_code, (time.perf_counter() - started) * 1000
 
         results = await asyncio.gather(*(one(i) for i in range(burst)))

@@ -22,9 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 class Worker:
     """`uvicorn tests.worker_app:create_app` in a process of its own on a free port."""
 
-    def __init__(self, redis_url: str, namespace: str) -> None:
+    def __init__(self, redis_url: str, namespace: str, lock: bool = False) -> None:
         self.port = free_port()
         env = {**os.environ, "RCM_TEST_REDIS_URL": redis_url, "RCM_TEST_NAMESPACE": namespace}
+        env["RCM_TEST_LOCK"] = "1" if lock else "0"
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "uvicorn", "tests.worker_app:create_app", "--factory"),
@@ -119,3 +120,21 @@ async def test_every_worker_rides_out_a_redis_restart(
         assert time.monotonic() < deadline, f"workers did not hit again after the restart: {caches}"
         await asyncio.sleep(0.05)
         caches = {(await get(http, w, "after"))[0] for w in (a, b)}
+
+
+@pytest.mark.parametrize(("lock", "expected_calls"), [(True, 1), (False, 4)])
+async def test_the_lock_makes_four_workers_compute_a_cold_key_once(
+    fresh_redis: RedisServer, http: httpx.AsyncClient, lock: bool, expected_calls: int
+) -> None:
+    started = [Worker(fresh_redis.url, "locked", lock=lock) for _ in range(4)]
+    try:
+        await asyncio.gather(*(w.ready(http) for w in started))
+        responses = await asyncio.gather(
+            *(http.get(f"{started[i % 4].base_url}/slow", params={"x": "cold"}) for i in range(40))
+        )
+    finally:
+        for worker in started:
+            worker.stop()
+    assert {r.status_code for r in responses} == {200}
+    assert int(fresh_redis.client().get("calls:slow") or 0) == expected_calls
+    assert len({r.json()["pid"] for r in responses}) == expected_calls

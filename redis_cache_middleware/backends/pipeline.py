@@ -149,6 +149,15 @@ class Pipeline:
         if reply != b"OK":
             raise PipelineError(f"unexpected reply to SET: {reply!r}")
 
+    async def set_if_absent(self, key: str, value: bytes, milliseconds: int, within: float) -> bool:
+        """`SET key value NX PX milliseconds`: True when it was set, False when the key existed."""
+        reply = await self._call(
+            within, b"SET", key.encode(), value, b"NX", b"PX", str(milliseconds).encode()
+        )
+        if reply not in (b"OK", None):
+            raise PipelineError(f"unexpected reply to SET NX: {reply!r}")
+        return bool(reply == b"OK")
+
     async def _call(self, within: float, *parts: bytes) -> Any:
         protocol = await self.connect(within)
         waiter = protocol.send(_command(*parts))

@@ -157,6 +157,8 @@ class RedisBackend:
     async def acquire(self, key: str, token: str, ttl: float) -> bool:
         """Take the lease `key` for `ttl` s unless someone holds it (`SET NX PX`)."""
         px = max(1, math.ceil(ttl * 1000))
+        if self._pipeline is not None:
+            return await self._pipelined("SET NX", self._pipeline.set_if_absent, key, token.encode(), px)
         taken = await self._call("SET NX", lambda: self.client.set(key, token, nx=True, px=px), key)
         return bool(taken)
 
