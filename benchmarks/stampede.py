@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from benchmarks.run import free_port, private_redis
 from redis_cache_middleware import CacheMiddleware, CacheRule
 
 CALLS_KEY = "bench:stampede:calls"
@@ -55,43 +53,6 @@ def app_from_env() -> Starlette:
         lock=os.environ.get("BENCH_LOCK") == "1",
     )
     return app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not on PATH: apt-get install redis-server")
-    port, folder = free_port(), tempfile.mkdtemp(prefix="bench-redis-")
-    args = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        folder,
-    ]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        _wait(lambda: redis.Redis.from_url(url).ping())
-        yield url
-    finally:
-        process.kill()
-        process.wait()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
@@ -190,7 +151,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.1, help="seconds one model call takes")
     parser.add_argument("--workers", type=int, default=4, help="server processes in the multi-process runs")
     args = parser.parse_args()
-    with redis_server() as url:
+    with private_redis() as (url, _):
         results = [
             run("no protection (coalesce=False)", url, 1, False, False, args),
             run("single-flight (default)", url, 1, True, False, args),

@@ -14,7 +14,7 @@ import redis
 from redis_cache_middleware import CacheRule, RedisBackend
 
 from .apps import cached_app
-from .conftest import client_for
+from .conftest import client_for, http_scope
 
 
 def cache_keys(client: redis.Redis) -> list[bytes]:
@@ -336,20 +336,7 @@ async def test_client_gone_mid_miss_still_stores_the_whole_response(
             raise OSError("client went away")
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/stream",
-        "raw_path": b"/stream",
-        "root_path": "",
-        "query_string": b"parts=3",
-        "headers": [(b"host", b"testserver")],
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 1234),
-    }
+    scope = http_scope("/stream", b"parts=3")
     await app(scope, receive, send)  # type: ignore[arg-type]
     async with client_for(app) as client:
         hit = await client.get("/stream?parts=3")

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend, RedisBackend
 
 from .apps import CountingApp, cached_app
-from .conftest import client_for
+from .conftest import client_for, http_scope
 from .redis_server import RedisServer
 
 
@@ -462,20 +462,7 @@ async def test_store_happens_before_the_last_body_message(
             seen_before_end.append(len(cache_keys(redis_client)))
         messages.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/stream",
-        "raw_path": b"/stream",
-        "root_path": "",
-        "query_string": b"parts=2",
-        "headers": [(b"host", b"testserver")],
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 1234),
-    }
+    scope = http_scope("/stream", b"parts=2")
     await app(scope, receive, send)  # type: ignore[arg-type]
     assert seen_before_end == [1]
 

@@ -14,6 +14,8 @@ from starlette.routing import Route
 
 from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend, RedisBackend
 
+from .conftest import http_scope
+
 
 class SlowModel:
     """An endpoint that takes `delay` seconds, counts its calls and its peak concurrency, and can fail."""
@@ -139,20 +141,7 @@ async def test_leader_client_disconnecting_does_not_cancel_the_shared_computatio
     backend: RedisBackend,
 ) -> None:
     app, model = build(backend)
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/predict",
-        "raw_path": b"/predict",
-        "root_path": "",
-        "query_string": b"x=1",
-        "headers": [(b"host", b"testserver")],
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 1),
-    }
+    scope = http_scope("/predict", b"x=1")
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
