@@ -238,11 +238,6 @@ class CacheMiddleware:
             "in_flight": len(self.flights),
         }
 
-    def metrics_app(self) -> ASGIApp:
-        """An ASGI app serving these metrics in Prometheus text format (`app.add_route("/metrics", ...)` or
-        `app.mount`); needs `prometheus-client`."""
-        return MetricsEndpoint(self)
-
     async def aclose(self) -> None:
         """Wait for background refreshes, then close the backend's connections."""
         if self._background:

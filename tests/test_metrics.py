@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from redis_cache_middleware import CacheMiddleware, RedisBackend
+from redis_cache_middleware import CacheMiddleware, MetricsEndpoint, RedisBackend
 
 from .apps import cached_app
 from .conftest import client_for
@@ -37,8 +37,7 @@ async def test_prometheus_exposition(backend: RedisBackend) -> None:
     async with client_for(app) as client:
         await client.get("/predict?x=1")
         await client.get("/predict?x=1")
-        cache: CacheMiddleware = app.state.cache
-        app.router.routes.append(Route("/metrics", cache.metrics_app()))
+        app.router.routes.append(Route("/metrics", MetricsEndpoint()))  # finds app.state.cache itself
         text = (await client.get("/metrics")).text
     assert 'rcm_responses_total{outcome="hit",rule="/predict"} 1.0' in text
     assert 'rcm_responses_total{outcome="miss",rule="/predict"} 1.0' in text
