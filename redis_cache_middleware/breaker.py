@@ -48,7 +48,7 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         if self.state != "closed":
             self.state = "closed"
-            logger.info("cache backend recovered: circuit closed")
+            logger.info("cache backend recovered: circuit closed", extra={"event": "breaker_closed"})
 
     def failure(self, error: BaseException) -> None:
         self._probing = False
@@ -64,6 +64,7 @@ class CircuitBreaker:
                     self.consecutive_failures,
                     error,
                     self.reset_timeout,
+                    extra={"event": "breaker_open", "failures": self.consecutive_failures},
                 )
                 self.times_opened += 1
             self.state = "open"

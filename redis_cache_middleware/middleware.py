@@ -215,7 +215,7 @@ class CacheMiddleware:
             raise ValueError("CacheMiddleware version: non-empty, not 'tag', no braces, ':' or spaces")
         self.version = version
         self.key_prefix = f"{self.prefix}:{self.namespace}:{version}:"
-        logger.info("cache version is now %s", version)
+        logger.info("cache version is now %s", version, extra={"event": "version", "version": version})
 
     def _backend_failed(self, exc: BackendError) -> None:
         """Count a failure towards the breaker, unless only part of the backend (one cluster node) failed."""
@@ -412,9 +412,7 @@ class CacheMiddleware:
         def done(finished: asyncio.Task[None]) -> None:
             self._background.discard(finished)
             if not finished.cancelled() and finished.exception() is not None:
-                logger.warning(
-                    "background refresh of %s failed: %r", request.primary_key, finished.exception()
-                )
+                logger.debug("background refresh of %s failed: %r", request.primary_key, finished.exception())
             self.flights.finish(request.primary_key, future, None)
 
         task.add_done_callback(done)
@@ -620,9 +618,8 @@ class CacheMiddleware:
                 count = await admin.purge(client, prefix=self.prefix, namespace=self.namespace, all=True)
         except (RedisError, OSError) as exc:
             raise BackendError(f"invalidate failed: {exc!r}") from exc
-        logger.info(
-            "invalidated %d entries (%s)", count, path or (tags and f"tags {list(tags)}") or "everything"
-        )
+        what = path or (tags and f"tags {list(tags)}") or "everything"
+        logger.info("invalidated %d entries (%s)", count, what, extra={"event": "purge", "deleted": count})
         return count
 
 

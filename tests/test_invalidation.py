@@ -122,3 +122,20 @@ async def test_invalidation_on_a_redis_cluster(tmp_path: Path) -> None:
     finally:
         await backend.aclose()
         cluster.stop()
+
+
+async def test_state_changes_log_one_structured_line_each(
+    backend: RedisBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = cached_app(backend, rules=RULES)
+    caplog.set_level("INFO", logger="redis_cache_middleware")
+    async with client_for(app) as client:
+        for x in range(5):
+            await client.get(f"/predict?x={x}")
+            await client.get(f"/predict?x={x}")
+        cache: CacheMiddleware = app.state.cache
+        await cache.invalidate(tags=["model"])
+        cache.set_version("v2")
+    events = [(r.event, getattr(r, "deleted", None)) for r in caplog.records if hasattr(r, "event")]  # type: ignore[attr-defined]
+    assert events == [("purge", 5), ("version", None)]
+    assert len(caplog.records) == 2, "nothing is logged per request"
