@@ -135,13 +135,12 @@ def storage(rule: CacheRule, status: int, headers: RawHeaders, now: float) -> St
         flags |= MUST_REVALIDATE  # section 5.2.2.10: s-maxage also means proxy-revalidate
     if "no-cache" in directives:
         lifetime, flags = 0.0, flags | MUST_REVALIDATE
+    age = initial_age(fields, now)
     if etag or last_modified:
         flags |= REVALIDATABLE
-    elif lifetime <= 0:
-        return Storage("stale")
-    return Storage(
-        None, min(lifetime, float(rule.ttl)), initial_age(fields, now), flags, etag, last_modified, vary
-    )
+    elif lifetime <= age:
+        return Storage("stale")  # stale on arrival, and nothing to revalidate it with
+    return Storage(None, min(lifetime, float(rule.ttl)), age, flags, etag, last_modified, vary)
 
 
 def freshness_lifetime(status: int, fields: HeaderMap, directives: dict[str, str | None]) -> float | None:

@@ -56,6 +56,7 @@ async def test_origin_freshness_bounded_by_rule_ttl(
         {"expires": "0"},
         {"cache_control": "no-store, max-age=60"},
         {"cache_control": "private, max-age=60"},
+        {"cache_control": "max-age=60", "age": "120"},  # already stale when it arrives
     ],
 )
 async def test_origin_mode_stores_only_what_the_origin_allows(
@@ -366,3 +367,17 @@ async def test_app_failing_mid_stream_stores_nothing(
         with pytest.raises(RuntimeError):
             await client.get("/broken")
     assert cache_keys(redis_client) == []
+
+
+async def test_one_origin_rule_for_every_path(backend: RedisBackend, redis_client: redis.Redis) -> None:
+    """The shape an HTTP conformance suite runs against: every path cached as the origin says."""
+    app, _counting = cached_app(backend, rules=[CacheRule("/{path:path}", ttl=3600, honor_origin=True)])
+    async with client_for(app) as client:
+        for _ in range(2):
+            fresh = await client.get("/headers?cache-control=max-age%3D100")
+            uncacheable = await client.get("/headers?x=1")
+            item = await client.get("/items/7")
+    assert fresh.headers["x-cache"] == "HIT"
+    assert uncacheable.headers["x-cache"] == "MISS"  # no freshness information, no validator
+    assert item.headers["x-cache"] == "MISS"
+    assert all(b":/<path>:" in key for key in cache_keys(redis_client))
