@@ -80,6 +80,7 @@ class LocalCluster:
                 "0",
             )
             node.port = cluster_port()
+            node.new_port = cluster_port
             self.nodes.append(node)
 
     @property

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -33,6 +34,8 @@ class RedisServer:
         self.port = free_port()
         self.extra_args = (*extra_args, "--requirepass", password) if password else extra_args
         self.password = password
+        self.new_port: Callable[[], int] = free_port
+        self.started_once = False
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,28 +46,34 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, password=self.password)
 
     def start(self) -> RedisServer:
+        """Start (or restart, on the same port) and wait until it answers. A first start whose port was
+        taken between choosing it and binding it moves to another free port, up to 5 times."""
+        for _ in range(5):
+            if self._launch():
+                self.started_once = True
+                return self
+            if self.started_once:
+                break
+            self.port = self.new_port()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _launch(self) -> bool:
         self.directory.mkdir(parents=True, exist_ok=True)
-        command = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        command += ["--dir", str(self.directory), *self.extra_args]
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", str(self.directory), *self.extra_args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:
                 if self.client().ping():
-                    return self
+                    return True
             except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                if self.process.poll() is not None:
+                    self.process = None
+                    return False
+                if time.monotonic() > deadline:
+                    self.kill()
+                    return False
                 time.sleep(0.02)
 
     def kill(self) -> None:
