@@ -11,8 +11,8 @@ class BackendError(Exception):
 
 
 class PartialBackendError(BackendError):
-    """Only some keys are unavailable (one cluster node); the rest of the backend works, so the circuit
-    breaker does not count it."""
+    """A failure that does not show the backend as a whole to be down: one cluster node, or a connection
+    still opening when the caller stopped waiting. The request bypasses; the breaker does not count it."""
 
 
 @runtime_checkable

@@ -20,6 +20,10 @@ class PipelineError(Exception):
     """The pipelined connection failed, was lost, or Redis answered with an error."""
 
 
+class StillConnecting(TimeoutError):
+    """The caller stopped waiting while the shared connection attempt was still under way."""
+
+
 class _Protocol(asyncio.Protocol):
     """Matches each reply with the oldest caller still in line."""
 
@@ -72,15 +76,22 @@ class _Deadline:
     (a long garbage collection, a blocking call) win over a timer that fell due in the same stall: a
     pause of this process is not Redis being slow, and must not open the circuit breaker."""
 
-    def __init__(self, waiter: asyncio.Future[Any], seconds: float, what: str = "no reply") -> None:
+    def __init__(
+        self,
+        waiter: asyncio.Future[Any],
+        seconds: float,
+        what: str = "no reply within",
+        error: type[TimeoutError] = TimeoutError,
+    ) -> None:
         self.waiter = waiter
         self.seconds = seconds
         self.what = what
+        self.error = error
         self.handle = asyncio.get_running_loop().call_later(seconds, self._fire)
 
     def _fire(self) -> None:
         if not self.waiter.done():
-            self.waiter.set_exception(TimeoutError(f"{self.what} within {self.seconds} s"))
+            self.waiter.set_exception(self.error(f"{self.what} {self.seconds} s"))
 
     def cancel(self) -> None:
         self.handle.cancel()
@@ -201,7 +212,7 @@ class Pipeline:
                 waiter.set_result(opening.result())
 
         self._opening.add_done_callback(relay)
-        deadline = _Deadline(waiter, within, "no connection")
+        deadline = _Deadline(waiter, within, "connection still opening after", StillConnecting)
         try:
             return await waiter
         finally:

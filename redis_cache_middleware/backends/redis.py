@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from .base import BackendError, PartialBackendError
-from .pipeline import Pipeline
+from .pipeline import Pipeline, StillConnecting
 
 DEFAULT_TIMEOUT = 0.05
 DEFAULT_MAX_CONNECTIONS = 64
@@ -181,6 +181,8 @@ class RedisBackend:
             if not self._pipeline.connected:
                 await self._pipeline.connect(self.connect_timeout)
             return await command(*args, within=self.timeout)
+        except StillConnecting as exc:  # the attempt goes on; its own failure, if any, is what counts
+            raise PartialBackendError(f"{name} skipped: {exc}") from exc
         except Exception as exc:
             raise BackendError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
 
