@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -133,3 +134,13 @@ def cached_app(backend: Backend, rules: Any = DEFAULT_RULES, **options: Any) -> 
     app = counting.starlette()
     app.add_middleware(CacheMiddleware, backend=backend, rules=list(rules), namespace="test", **options)
     return app, counting
+
+
+async def store_signed_variants(backend: Backend) -> None:
+    """Two signed entries (signing key "k", namespace "test") of `/headers?vary=accept-language`, for
+    Accept-Language fr and de, behind one Vary marker."""
+    app, _ = cached_app(backend, signing_key="k")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        for language in ("fr", "de"):
+            await http.get("/headers?vary=accept-language", headers={"accept-language": language})

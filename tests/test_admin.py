@@ -26,7 +26,7 @@ from redis_cache_middleware.admin import (
 )
 from redis_cache_middleware.backends.tiered import TieredBackend
 
-from .apps import DEFAULT_RULES, CountingApp
+from .apps import DEFAULT_RULES, CountingApp, store_signed_variants
 from .conftest import client_for
 from .redis_cluster import LocalCluster
 from .redis_server import RedisServer
@@ -333,13 +333,7 @@ async def test_cli_purges_a_cluster(cluster: LocalCluster, cluster_backend: Redi
 async def test_vary_markers_and_signed_entries(
     backend: RedisBackend, client: Redis, redis_client: redis.Redis
 ) -> None:
-    app = CountingApp().starlette()
-    app.add_middleware(
-        CacheMiddleware, backend=backend, rules=list(DEFAULT_RULES), namespace="test", signing_key="k"
-    )
-    async with client_for(app) as http:
-        for language in ("fr", "de"):
-            await http.get("/headers?vary=accept-language", headers={"accept-language": language})
+    await store_signed_variants(backend)
     url = "http://testserver/headers?vary=accept-language"
     key = request_key(namespace="test", version="1", rule=DEFAULT_RULES[3], method="GET", url=url)
 

@@ -10,10 +10,9 @@ import sys
 
 import redis
 
-from redis_cache_middleware import CacheMiddleware, RedisBackend
+from redis_cache_middleware import RedisBackend
 
-from .apps import DEFAULT_RULES, CountingApp
-from .conftest import client_for
+from .apps import store_signed_variants
 from .redis_server import RedisServer, free_port
 from .test_admin import ROOT, entry_keys, populate
 
@@ -154,13 +153,7 @@ async def test_usage_and_connection_errors_exit_2(
 async def test_inspect_and_purge_follow_vary_markers_of_signed_entries(
     redis_server: RedisServer, backend: RedisBackend, redis_client: redis.Redis
 ) -> None:
-    app = CountingApp().starlette()
-    app.add_middleware(
-        CacheMiddleware, backend=backend, rules=list(DEFAULT_RULES), namespace="test", signing_key="k"
-    )
-    async with client_for(app) as http:
-        for language in ("fr", "de"):
-            await http.get("/headers?vary=accept-language", headers={"accept-language": language})
+    await store_signed_variants(backend)
     request = (
         *("--redis-url", redis_server.url, "--namespace", "test", "--path", "/headers"),
         *("--url", "http://testserver/headers?vary=accept-language", "--header", "Accept-Language: de"),
