@@ -401,7 +401,7 @@ def request_digest_for(
 ) -> str:
     """The digest part of `request_key`: the same for every version of the namespace."""
     scope, header_map, key_body = request_scope(method, url, body, headers, root_path)
-    return request_digest(rule, scope, header_map, key_body, tuple(credential_headers))
+    return request_digest(rule.keying, scope, header_map, key_body, tuple(credential_headers))
 
 
 def request_scope(

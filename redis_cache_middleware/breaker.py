@@ -50,6 +50,17 @@ class CircuitBreaker:
             self.state = "closed"
             logger.info("cache backend recovered: circuit closed", extra={"event": "breaker_closed"})
 
+    def abandon(self) -> None:
+        """A call that ended without an answer either way (its caller was cancelled): if it was the
+        probe, let the next caller probe."""
+        self._probing = False
+
+    def partial_failure(self, error: BaseException) -> None:
+        """A failure that does not show the backend to be down (one cluster node, a connection still
+        opening): not counted while closed, but a probe that fails so opens the circuit again."""
+        if self.state == "half-open":
+            self.failure(error)
+
     def failure(self, error: BaseException) -> None:
         self._probing = False
         self.consecutive_failures += 1

@@ -10,6 +10,8 @@ from re import Pattern
 
 from starlette.routing import compile_path
 
+from .keys import KeySpec
+
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "QUERY", "OPTIONS"})
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(:[a-zA-Z_][a-zA-Z0-9_]*)?}")
@@ -55,6 +57,7 @@ class CacheRule:
     status_set: frozenset[int] = field(init=False, repr=False, compare=False)
     vary_names: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
     key_name: str = field(init=False, repr=False, compare=False)
+    keying: KeySpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path.startswith("/"):
@@ -98,17 +101,16 @@ class CacheRule:
             if not isinstance(getattr(self, limit), int) or getattr(self, limit) < 0:
                 raise ValueError(f"CacheRule {limit} must be a non-negative int")
         name = self.name if self.name is not None else _PARAM.sub(r"<\1>", self.path)
-        if not name or any(c in name for c in "{}: \r\n"):
-            raise ValueError(f"CacheRule name must be non-empty without braces, ':' or spaces: {name!r}")
+        vary_names = tuple(sorted({h.lower().encode("latin-1") for h in self.vary}))
+        keying = KeySpec(name, self.key_host, vary_names, self.private)
         regex = compile_path(self.path)[0] if _PARAM.search(self.path) else None
         object.__setattr__(self, "regex", regex)
         object.__setattr__(self, "method_set", methods)
         object.__setattr__(self, "invalidating_methods", invalidating)
         object.__setattr__(self, "status_set", statuses)
-        object.__setattr__(
-            self, "vary_names", tuple(sorted({h.lower().encode("latin-1") for h in self.vary}))
-        )
+        object.__setattr__(self, "vary_names", vary_names)
         object.__setattr__(self, "key_name", name)
+        object.__setattr__(self, "keying", keying)
 
 
 class RuleMatcher:

@@ -51,6 +51,8 @@ class RedisBackend:
     triggers a topology refresh per request.
     """
 
+    asyncio_only = True  # redis-py runs on asyncio only: under trio the cache stands aside
+
     def __init__(
         self,
         client: Redis | RedisCluster,
@@ -170,7 +172,10 @@ class RedisBackend:
         """Start opening the pipelined connection now (from a running loop), so the first burst of
         requests does not wait for it."""
         if self._pipeline is not None:
-            loop = asyncio.get_running_loop()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no asyncio loop running (built outside one, or under trio)
+                return
             task = loop.create_task(self._pipeline.connect(self.connect_timeout))
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
 

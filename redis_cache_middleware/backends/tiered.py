@@ -117,6 +117,8 @@ class TieredBackend:
     `redis.asyncio.Redis` client (Sentinel masters included; not `RedisCluster`).
     """
 
+    asyncio_only = True  # redis-py runs on asyncio only: under trio the cache stands aside
+
     def __init__(
         self,
         l2: RedisBackend,
