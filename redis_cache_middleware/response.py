@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from starlette.types import Send
 
@@ -16,8 +16,7 @@ RawHeaders = list[tuple[bytes, bytes]]
 _CONDITIONAL_HEADERS = frozenset({b"if-none-match", b"if-modified-since"})
 
 
-@dataclass(frozen=True, slots=True)
-class CacheStatus:
+class CacheStatus(NamedTuple):
     """What the cache tells the client: `X-Cache` and the RFC 9211 Cache-Status parameters."""
 
     x_cache: bytes
@@ -52,18 +51,32 @@ def bypass(reason: str) -> CacheStatus:
 
 
 class StatusHeaders:
-    """Renders a `CacheStatus` as response fields, per the configuration (none when headers are off)."""
+    """Renders a `CacheStatus` as response fields, per the configuration (none when headers are off).
+
+    The fields of each distinct status are rendered once and shared: callers copy, never mutate them.
+    """
+
+    _MAX_RENDERED = 4096
 
     def __init__(self, config: CacheConfig) -> None:
         self.name = config.cache_name
         self.enabled = config.cache_headers
         self.debug = config.debug
+        self._rendered: dict[CacheStatus, RawHeaders] = {}
 
     def __call__(self, status: CacheStatus, key: str) -> RawHeaders:
         if not self.enabled:
             return []
-        params = (*status.params, f'key="{key}"') if self.debug else status.params
-        return [(b"x-cache", status.x_cache), (b"cache-status", policy.cache_status(self.name, *params))]
+        if self.debug:
+            params = (*status.params, f'key="{key}"')
+            return [(b"x-cache", status.x_cache), (b"cache-status", policy.cache_status(self.name, *params))]
+        rendered = self._rendered.get(status)
+        if rendered is None:
+            if len(self._rendered) >= self._MAX_RENDERED:
+                self._rendered.clear()
+            value = policy.cache_status(self.name, *status.params)
+            rendered = self._rendered[status] = [(b"x-cache", status.x_cache), (b"cache-status", value)]
+        return rendered
 
 
 def render(entry: Entry, request_headers: Headers, age: float) -> tuple[int, RawHeaders, bytes]:
