@@ -121,7 +121,7 @@ class CacheMiddleware:
 
         started = time.perf_counter()
         headers = policy.headers_map(scope["headers"])
-        if method in rule.invalidating_methods:
+        if method not in rule.method_set:  # an unsafe method that invalidates (RFC 9111 section 4.4)
             await InvalidatingResponder(self.parts, rule, scope, headers, send)(scope, receive)
             return
         directives = (

@@ -14,6 +14,8 @@ from .keys import KeySpec
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "QUERY", "OPTIONS"})
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# RFC 9110 section 9.2.1 (and the QUERY method draft): methods that never change the resource.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "QUERY"})
 _PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(:[a-zA-Z_][a-zA-Z0-9_]*)?}")
 
 
@@ -29,7 +31,8 @@ class CacheRule:
     storage and lifetime, `ttl` being the upper bound (RFC 9111 shared cache). `private`: credentialed
     requests are cached per credential instead of bypassing. `stale_while_revalidate` / `stale_if_error`:
     seconds after expiry a stale entry may be served while refreshing / when the app fails.
-    `invalidate_on`: unsafe methods whose 2xx/3xx response on a matching URL drops its cached GET entry.
+    `invalidate_on`: unsafe methods whose 2xx/3xx response on a matching URL drops its cached GET entry;
+    with `honor_origin` and no `invalidate_on`, every unsafe method does (RFC 9111 section 4.4).
     `early_refresh`: XFetch beta (e.g. 1.0) to refresh hot entries before they expire; None is off.
     `tags`: names every entry of this rule is indexed under, for `CacheMiddleware.invalidate(tags=...)`.
     """
@@ -113,6 +116,13 @@ class CacheRule:
         object.__setattr__(self, "keying", keying)
 
 
+    def invalidates(self, method: str) -> bool:
+        """Whether a `method` request on this rule's URLs invalidates their stored GET responses."""
+        if self.invalidate_on or not self.honor_origin:
+            return method in self.invalidating_methods
+        return method not in SAFE_METHODS and method not in self.method_set
+
+
 class RuleMatcher:
     """Finds the first rule, in the order given, whose path and method match a request."""
 
@@ -135,7 +145,7 @@ class RuleMatcher:
     def match(self, method: str, path: str) -> CacheRule | None:
         """The matching rule, or None when the request is not cached by any rule."""
         for index, rule in self._exact.get(path, ()):
-            if method in rule.method_set or method in rule.invalidating_methods:
+            if method in rule.method_set or rule.invalidates(method):
                 best_index, best = index, rule
                 break
         else:
@@ -143,7 +153,7 @@ class RuleMatcher:
         for index, rule in self._templates:
             if index >= best_index:
                 break
-            if (method in rule.method_set or method in rule.invalidating_methods) and (
+            if (method in rule.method_set or rule.invalidates(method)) and (
                 rule.regex is not None and rule.regex.match(path)
             ):
                 return rule
