@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,18 @@ class Features(BaseModel):
     sepal_width: float
     petal_length: float
     petal_width: float
+
+
+class Batch(BaseModel):
+    """Rows of the four measurements, in the KServe v1 / TF Serving shape `{"instances": [[...], ...]}`."""
+
+    instances: list[list[float]]
+
+
+class BatchPredictions(BaseModel):
+    """One predicted class index (a string) per instance, in order."""
+
+    predictions: list[str]
 
 
 class Retrain(BaseModel):
@@ -62,13 +75,20 @@ def create_app(
     version = model_version(path)
     admin_token = os.environ.get("DEMO_ADMIN_TOKEN", "")
 
+    counting = threading.Lock()
+
+    def predict_rows(rows: list[list[float]]) -> list[str]:
+        with counting:  # sync endpoints run in a thread pool
+            app.state.rows_computed += len(rows)
+        return [str(int(label)) for label in app.state.model.predict(rows)] if rows else []
+
     def predict(sepal_length: float, sepal_width: float, petal_length: float, petal_width: float) -> str:
-        features = [[sepal_length, sepal_width, petal_length, petal_width]]
-        return str(int(app.state.model.predict(features)[0]))
+        return predict_rows([[sepal_length, sepal_width, petal_length, petal_width]])[0]
 
     app = FastAPI(title="iris demo")
     app.state.model = model
     app.state.model_version = version
+    app.state.rows_computed = 0  # model rows computed since start: what the cache saves shows here
 
     @app.get("/predict")
     def predict_get(
@@ -88,6 +108,13 @@ def create_app(
                 features.sepal_length, features.sepal_width, features.petal_length, features.petal_width
             )
         )
+
+    @app.post("/predict/batch")
+    def predict_batch(batch: Batch) -> BatchPredictions:
+        """Classify every row of `instances`; rows of another width are refused (422)."""
+        if any(len(row) != 4 for row in batch.instances):
+            raise HTTPException(status_code=422, detail="each instance has 4 measurements")
+        return BatchPredictions(predictions=predict_rows(batch.instances))
 
     @app.get("/health")
     def health() -> dict[str, str]:
