@@ -126,6 +126,40 @@ class Cache:
             record = decode(data, variant, self.signing_key) if data is not None else None
         return record if isinstance(record, Entry) else None
 
+    async def rows(
+        self, envelope_key: str, keys: Sequence[str], budget: Budget | None = None
+    ) -> tuple[Entry | None, dict[str, Entry]]:
+        """A route's envelope and those of `keys` (rows) that are stored and fresh, in one round trip
+        (raises `Unavailable`)."""
+        backend, now = self.backend, time.time()
+        found = await self._call(lambda: backend.get_many([envelope_key, *keys]), budget)
+        records = {
+            key: self._fresh(data, key, now) for key, data in zip((envelope_key, *keys), found, strict=True)
+        }
+        envelope = records.pop(envelope_key)
+        return envelope, {key: entry for key, entry in records.items() if entry is not None}
+
+    def _fresh(self, data: bytes | None, key: str, now: float) -> Entry | None:
+        record = decode(data, key, self.signing_key) if data is not None else None
+        return record if isinstance(record, Entry) and record.is_fresh(now) else None
+
+    async def save_rows(
+        self, entries: Sequence[Entry], rule: CacheRule, budget: Budget | None = None
+    ) -> bool:
+        """Write rows and an envelope, each for its own `ttl`, in one round trip; whether they were written.
+        Raises only `OverBudget` (write again without a budget once the client has its answer)."""
+        items = [(entry.key, encode(entry, self.signing_key), entry.ttl) for entry in entries]
+        try:
+            await self._call(lambda: self.backend.set_many(items), budget)
+        except OverBudget:
+            raise
+        except Unavailable:
+            stored = False
+        else:
+            stored = True
+        self.metrics.stored(rule.key_name, sum(len(entry.body) for entry in entries), stored)
+        return stored
+
     async def fresh_entry(self, key: str, headers: Headers, within: float) -> Entry | None:
         """Poll, backing off, for a fresh entry at `key` for up to `within` s (another process computes
         it)."""

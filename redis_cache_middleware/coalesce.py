@@ -156,3 +156,52 @@ async def follow(flight: Flight, send: Send, extra_headers: list[tuple[bytes, by
             await flight.changed()
     finally:
         flight.followers -= 1
+
+
+class RowFlights:
+    """Single-flight per row: the rows some request in this process is computing, by row key."""
+
+    def __init__(self) -> None:
+        self._flights: dict[str, RowFlight] = {}
+
+    def claim(self, keys: list[str]) -> tuple[list[str], dict[str, RowFlight]]:
+        """Split `keys` into those this caller now computes and the flights of those others compute."""
+        mine: list[str] = []
+        theirs: dict[str, RowFlight] = {}
+        for key in keys:
+            flight = self._flights.get(key)
+            if flight is None:
+                self._flights[key] = RowFlight()
+                mine.append(key)
+            else:
+                theirs[key] = flight
+        return mine, theirs
+
+    def finish(self, values: dict[str, bytes | None], keys: list[str]) -> None:
+        """Publish the computed value of each of `keys` (None: not computed) and end their flights."""
+        for key in keys:
+            flight = self._flights.pop(key, None)
+            if flight is not None:
+                flight.value = values.get(key)
+                flight.done.set()
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+
+class RowFlight:
+    """One row being computed; `value` is its stored value bytes once `done` (None: none came)."""
+
+    __slots__ = ("done", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: bytes | None = None
+
+
+async def row_values(flights: dict[str, RowFlight], seconds: float) -> dict[str, bytes | None]:
+    """The values other requests computed for these rows, waiting at most `seconds` in all."""
+    with anyio.move_on_after(seconds):
+        for flight in flights.values():
+            await flight.done.wait()
+    return {key: flight.value for key, flight in flights.items()}

@@ -49,6 +49,8 @@ class KeySpec:
 
     def __post_init__(self) -> None:
         check_key_part("CacheRule", "name", self.name)
+        if self.name.startswith("@"):
+            raise ValueError(f"CacheRule name must not start with '@' (row spaces do): {self.name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,11 @@ class KeySpace:
 
     def entry(self, rule_name: str, digest: str) -> str:
         return self.head + rule_name + ":" + digest
+
+    def row(self, space: str, digest: str) -> str:
+        """A row of a row space: `{prefix}:{namespace}:{version}:@{space}:{digest}` (rule names never
+        start with `@`)."""
+        return self.head + "@" + space + ":" + digest
 
     @staticmethod
     def lease(key: str) -> str:
@@ -184,14 +191,7 @@ def canonical_request(
     append = out.append
 
     def put_header(name: bytes) -> None:
-        values = headers.get(name)
-        if not values:
-            append(b"\x00\x00")
-            return
-        append(len(values).to_bytes(2, "big"))
-        for value in values:
-            append(len(value).to_bytes(4, "big"))
-            append(value)
+        _put_header(out, headers, name)
 
     method = str(scope["method"])
     append(_GET if method in ("GET", "HEAD") else _field(method.encode("ascii")))
@@ -217,19 +217,55 @@ def canonical_request(
         append(b"\x01")
         content_type = headers.get(b"content-type")
         append(_field(canonical_body(content_type[0] if content_type else None, body)))
-    for name in rule.vary_names:
-        append(_field(name))
-        put_header(name)
+    _put_context(out, rule, headers, credentials)
+    return b"".join(out)
+
+
+def row_context(
+    spec: KeySpec, scope: Scope, headers: Headers, other: bytes, credentials: tuple[bytes, ...] = ()
+) -> bytes:
+    """What, besides the row itself, selects a row's answer: scheme and Host (unless the rule opts out),
+    `other` (the canonical rest of the request: every other body field and query pair), the `vary`
+    headers, URL-rewriting headers and, on private rules, the credentials. Method and path are left out,
+    so that every route of one row space shares its rows."""
+    out: list[bytes] = [b"row"]
+    if spec.key_host:
+        out.append(_field(str(scope.get("scheme", "http")).encode("ascii", "replace")))
+        _put_header(out, headers, b"host")
+    out.append(_field(other))
+    _put_context(out, spec, headers, credentials)
+    return b"".join(out)
+
+
+def row_digest(context: bytes, row: bytes) -> str:
+    """The digest of one row (its canonical bytes) in its context."""
+    return blake2b(_field(context) + row, digest_size=16).hexdigest()
+
+
+def _put_context(out: list[bytes], spec: KeySpec, headers: Headers, credentials: tuple[bytes, ...]) -> None:
+    for name in spec.vary_names:
+        out.append(_field(name))
+        _put_header(out, headers, name)
     if _URL_REWRITING.isdisjoint(headers):  # the usual case: one constant instead of 13 calls
-        append(_NO_URL_REWRITING)
+        out.append(_NO_URL_REWRITING)
     else:
         for name in URL_REWRITING_HEADERS:
-            put_header(name)
-    if rule.private:
+            _put_header(out, headers, name)
+    if spec.private:
         for name in credentials:
-            append(_field(name))
-            put_header(name)
-    return b"".join(out)
+            out.append(_field(name))
+            _put_header(out, headers, name)
+
+
+def _put_header(out: list[bytes], headers: Headers, name: bytes) -> None:
+    values = headers.get(name)
+    if not values:
+        out.append(b"\x00\x00")
+        return
+    out.append(len(values).to_bytes(2, "big"))
+    for value in values:
+        out.append(len(value).to_bytes(4, "big"))
+        out.append(value)
 
 
 def _field(data: bytes) -> bytes:
