@@ -14,7 +14,7 @@ import redis
 from redis_cache_middleware import CacheRule, RedisBackend
 
 from .apps import cached_app
-from .conftest import client_for, http_scope
+from .support import client_for, http_scope
 
 
 def cache_keys(client: redis.Redis) -> list[bytes]:

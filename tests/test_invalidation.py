@@ -14,8 +14,8 @@ from starlette.routing import Route
 from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend, RedisBackend
 
 from .apps import cached_app
-from .conftest import client_for
 from .redis_cluster import LocalCluster
+from .support import client_for
 
 RULES = [
     CacheRule("/predict", ttl=60, methods=("GET", "POST"), tags=("model",)),

@@ -16,8 +16,8 @@ from starlette.testclient import TestClient
 from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend, RedisBackend
 
 from .apps import CountingApp, cached_app
-from .conftest import client_for, http_scope
 from .redis_server import RedisServer
+from .support import client_for, http_scope
 
 
 def cache_keys(client: redis.Redis) -> list[bytes]:

@@ -19,8 +19,8 @@ from redis_cache_middleware.backends import LockingBackend
 from redis_cache_middleware.backends.tiered import TieredBackend
 
 from .apps import cached_app
-from .conftest import client_for
 from .redis_server import RedisServer
+from .support import client_for
 
 # Long enough that, within a test, only an invalidation (never the L1 cap) can explain a fresh value.
 LONG_L1_TTL = 30.0
