@@ -10,9 +10,12 @@ exactly as demo/app.py adds it (one rule on /predict, ttl 300, namespace `iris`,
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 CONSTANT_BODY = b'{"prediction":"0"}'
 HIT_PATH = "/predict?sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2"
@@ -36,7 +39,7 @@ def _model() -> tuple[Any, str]:
     return load_or_train(path, default_n_estimators()), model_version(path)
 
 
-def iris_app(decorate: Callable[[Any], Any] | None = None, *, use_async: bool = False) -> Any:
+def iris_app(decorate: Callable[[Any], Any] | None = None, *, use_async: bool = False) -> "FastAPI":
     """The demo's GET /predict (a sync endpoint, run in the thread pool, like the demo) and /health."""
     from fastapi import FastAPI, Query
     from starlette.concurrency import run_in_threadpool

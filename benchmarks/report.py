@@ -34,7 +34,17 @@ PACKAGES = (
     "hishel",
     "matplotlib",
 )
-LIBRARIES = ("redis", "hiredis", "starlette", "fastapi", "uvicorn", "pydantic", "anyio", "asyncio", "uvloop")
+LIBRARIES: tuple[str, ...] = (
+    "redis",
+    "hiredis",
+    "starlette",
+    "fastapi",
+    "uvicorn",
+    "pydantic",
+    "anyio",
+    "asyncio",
+    "uvloop",
+)
 LIBRARIES += ("httptools", "h11", "fastapi_cache", "cashews", "hishel", "sklearn", "numpy", "orjson")
 OURS = "redis_cache_middleware/"
 

@@ -16,12 +16,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,65 +28,13 @@ import redis
 
 from benchmarks import loadgen, report
 from benchmarks.apps import HIT_PATH, SCENARIOS
+from benchmarks.hitpath import run as hitpath_run
+from benchmarks.processes import LOAD_CORE, SERVER_CORE, free_port, pinned, private_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-SERVER_CORE, LOAD_CORE = 0, 1
 # Commands that are not part of serving a request: ours (INFO, CONFIG) and connection set-up.
 ADMIN_COMMANDS = ("info", "config", "ping", "client", "hello", "select", "command", "subscribe", "script")
-
-
-def pinned(core: int) -> Callable[[], None] | None:
-    """A preexec_fn that pins the child to `core` (None when there are not two cores to split)."""
-    if (os.cpu_count() or 1) < 2 or not hasattr(os, "sched_setaffinity"):
-        return None
-
-    def pin() -> None:
-        os.sched_setaffinity(0, {core})
-
-    return pin
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def private_redis() -> Iterator[tuple[str, redis.Redis]]:
-    """A redis-server of our own on a free port in a temporary folder, pinned to the load core."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed: apt-get install redis-server")
-    folder = tempfile.mkdtemp(prefix="rcm-bench-redis-")
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(
-        [*command, "--dir", folder], stdout=subprocess.DEVNULL, preexec_fn=pinned(LOAD_CORE)
-    )
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0", client
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def get(port: int, path: str) -> tuple[int, dict[str, str]]:
@@ -295,8 +241,6 @@ def main(argv: list[str] | None = None) -> None:
                 run.result = {"failed": repr(exc), "log": tail}
             print(f"[{number}/{len(runs)}] {report.one_line(run.label, run.result)}", flush=True)
         if not args.no_hitpath:
-            from benchmarks.hitpath import run as hitpath_run
-
             try:
                 hitpath = hitpath_run(redis_url, 1000 if args.quick else 3000)
             except Exception as exc:

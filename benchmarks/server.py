@@ -116,7 +116,7 @@ class BenchServer(uvicorn.Server):
         self.stats["tracked_objects_at_end"] = len(gc.get_objects())
         if self.cache is not None:
             self.stats["cache"] = json.loads(json.dumps(self.cache.stats(), default=str))
-            backend = getattr(self.cache, "backend", None)
+            backend: Any = getattr(self.cache, "backend", None)
             if hasattr(backend, "stats"):
                 self.stats["backend"] = backend.stats()
         tmp = Path(str(self.args.stats) + ".tmp")

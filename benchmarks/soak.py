@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from redis_cache_middleware import CacheMiddleware, CacheRule, CircuitBreaker
+from tests.redis_server import RedisServer, free_port
 
 PHASES = ("before kill", "Redis down", "after restart")
 MAX_SECONDS = 600
@@ -56,45 +56,6 @@ def create_app() -> Starlette:
         breaker=CircuitBreaker(reset_timeout=float(os.environ.get("SOAK_RESET_TIMEOUT", "5"))),
     )
     return app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Redis:
-    """A private redis-server on a fixed port that can be SIGKILLed and started again."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
-        self.port = free_port()
-        self.command = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(directory),
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, 10)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
 def wait_for_port(port: int, within: float) -> None:
@@ -154,7 +115,7 @@ def percentile(values: list[float], q: int) -> str:
 
 async def drive(
     base_url: str,
-    redis: Redis,
+    redis: RedisServer,
     *,
     seconds: float,
     clients: int,
@@ -228,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = min(args.seconds, MAX_SECONDS)
 
     with tempfile.TemporaryDirectory(prefix="rcm-soak-") as folder:
-        redis = Redis(Path(folder))
-        redis.start()
+        redis = RedisServer(Path(folder)).start()
         port = free_port()
         env = {
             **os.environ,

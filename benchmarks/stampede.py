@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from benchmarks.run import free_port, private_redis
+from benchmarks.processes import free_port, private_redis
 from redis_cache_middleware import CacheMiddleware, CacheRule
 
 CALLS_KEY = "bench:stampede:calls"
@@ -74,7 +74,7 @@ def servers(count: int, env: dict[str, str]) -> Iterator[list[str]]:
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         for url in urls:
-            _wait(lambda url=url: httpx.get(url + "/health").status_code == 404)  # type: ignore[misc]
+            _wait(url + "/health")
         yield urls
     finally:
         for process in processes:
@@ -83,11 +83,12 @@ def servers(count: int, env: dict[str, str]) -> Iterator[list[str]]:
             process.wait()
 
 
-def _wait(ready: object, seconds: float = 20) -> None:
+def _wait(health_url: str, seconds: float = 20) -> None:
+    """Until `health_url` answers (404: the app has no such route, but the server is up)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            if ready():  # type: ignore[operator]
+            if httpx.get(health_url).status_code == 404:
                 return
         except (OSError, redis.RedisError, httpx.HTTPError):
             pass

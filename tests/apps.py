@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -15,6 +15,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from redis_cache_middleware import Backend, CacheMiddleware, CacheRule
+
+from .support import client_for
 
 
 class CountingApp:
@@ -140,7 +142,36 @@ async def store_signed_variants(backend: Backend) -> None:
     """Two signed entries (signing key "k", namespace "test") of `/headers?vary=accept-language`, for
     Accept-Language fr and de, behind one Vary marker."""
     app, _ = cached_app(backend, signing_key="k")
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with client_for(app) as http:
         for language in ("fr", "de"):
             await http.get("/headers?vary=accept-language", headers={"accept-language": language})
+
+
+async def populate(
+    backend: Backend,
+    *,
+    namespace: str = "test",
+    version: str = "1",
+    items: int = 2,
+    rules: list[CacheRule] | None = None,
+) -> None:
+    """Store 4 `/predict` entries (3 GET, 1 POST JSON) and `items` `/items/<item_id>` entries via the app."""
+    app = CountingApp().starlette()
+    app.add_middleware(
+        CacheMiddleware,
+        backend=backend,
+        rules=rules if rules is not None else list(DEFAULT_RULES),
+        namespace=namespace,
+        version=version,
+    )
+    async with client_for(app) as http:
+        for x in range(3):
+            assert (await http.get("/predict", params={"x": x})).status_code == 200
+        assert (await http.post("/predict", json={"b": 2, "a": 1})).status_code == 200
+        for item in range(items):
+            assert (await http.get(f"/items/{item}")).status_code == 200
+
+
+def entry_keys(client: redis.Redis, namespace: str = "test") -> list[str]:
+    """The entry keys (tag sets left out) in `namespace`, sorted."""
+    return sorted(key.decode() for key in client.scan_iter(f"rcm:{namespace}:*") if b":tag:" not in key)

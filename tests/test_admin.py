@@ -6,13 +6,12 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis
 from redis.asyncio import Redis, RedisCluster
 
-from redis_cache_middleware import Backend, CacheMiddleware, CacheRule, RedisBackend
+from redis_cache_middleware import CacheMiddleware, CacheRule, RedisBackend
 from redis_cache_middleware.admin import (
     follow_vary,
     index_tags,
@@ -26,42 +25,12 @@ from redis_cache_middleware.admin import (
 )
 from redis_cache_middleware.backends.tiered import TieredBackend
 
-from .apps import DEFAULT_RULES, CountingApp, store_signed_variants
-from .conftest import client_for
+from .apps import DEFAULT_RULES, CountingApp, entry_keys, populate, store_signed_variants
 from .redis_cluster import LocalCluster
 from .redis_server import RedisServer
+from .support import ROOT, client_for
 
-ROOT = Path(__file__).resolve().parents[1]
 PREDICT, ITEMS = DEFAULT_RULES[0], DEFAULT_RULES[-1]
-
-
-async def populate(
-    backend: Backend,
-    *,
-    namespace: str = "test",
-    version: str = "1",
-    items: int = 2,
-    rules: list[CacheRule] | None = None,
-) -> None:
-    """Store 4 `/predict` entries (3 GET, 1 POST JSON) and `items` `/items/<item_id>` entries via the app."""
-    app = CountingApp().starlette()
-    app.add_middleware(
-        CacheMiddleware,
-        backend=backend,
-        rules=rules if rules is not None else list(DEFAULT_RULES),
-        namespace=namespace,
-        version=version,
-    )
-    async with client_for(app) as http:
-        for x in range(3):
-            assert (await http.get("/predict", params={"x": x})).status_code == 200
-        assert (await http.post("/predict", json={"b": 2, "a": 1})).status_code == 200
-        for item in range(items):
-            assert (await http.get(f"/items/{item}")).status_code == 200
-
-
-def entry_keys(client: redis.Redis, namespace: str = "test") -> list[str]:
-    return sorted(key.decode() for key in client.scan_iter(f"rcm:{namespace}:*") if b":tag:" not in key)
 
 
 @pytest.fixture

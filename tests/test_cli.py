@@ -12,9 +12,9 @@ import redis
 
 from redis_cache_middleware import RedisBackend
 
-from .apps import store_signed_variants
+from .apps import entry_keys, populate, store_signed_variants
 from .redis_server import RedisServer, free_port
-from .test_admin import ROOT, entry_keys, populate
+from .support import ROOT
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -23,9 +23,9 @@ from starlette.routing import Route
 
 from redis_cache_middleware import CacheMiddleware, CacheRule, CircuitBreaker, RedisBackend
 
-from .conftest import client_for
 from .redis_cluster import LocalCluster, LocalSentinel
 from .redis_server import RedisServer, free_port
+from .support import client_for
 
 
 def item_app() -> Starlette:

@@ -19,8 +19,8 @@ from sklearn.datasets import load_iris
 from demo.app import create_app
 from redis_cache_middleware import RedisBackend
 
-from .conftest import client_for
 from .redis_server import RedisServer, free_port
+from .support import client_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")

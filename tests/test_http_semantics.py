@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 from urllib.parse import quote
 
@@ -14,7 +15,7 @@ import redis
 from redis_cache_middleware import CacheRule, RedisBackend
 
 from .apps import cached_app
-from .conftest import client_for, http_scope
+from .support import client_for, http_scope
 
 
 def cache_keys(client: redis.Redis) -> list[bytes]:
@@ -355,7 +356,7 @@ async def test_app_failing_mid_stream_stores_nothing(
     from redis_cache_middleware import CacheMiddleware
 
     async def broken(request: object) -> StreamingResponse:
-        async def chunks():  # type: ignore[no-untyped-def]
+        async def chunks() -> AsyncIterator[bytes]:
             yield b"partial"
             raise RuntimeError("model crashed")
 

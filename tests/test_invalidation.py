@@ -14,8 +14,8 @@ from starlette.routing import Route
 from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend, RedisBackend
 
 from .apps import cached_app
-from .conftest import client_for
 from .redis_cluster import LocalCluster
+from .support import client_for
 
 RULES = [
     CacheRule("/predict", ttl=60, methods=("GET", "POST"), tags=("model",)),
@@ -136,6 +136,6 @@ async def test_state_changes_log_one_structured_line_each(
         cache: CacheMiddleware = app.state.cache
         await cache.invalidate(tags=["model"])
         cache.set_version("v2")
-    events = [(r.event, getattr(r, "deleted", None)) for r in caplog.records if hasattr(r, "event")]  # type: ignore[attr-defined]
+    events = [(r.event, getattr(r, "deleted", None)) for r in caplog.records if hasattr(r, "event")]
     assert events == [("purge", 5), ("version", None)]
     assert len(caplog.records) == 2, "nothing is logged per request"

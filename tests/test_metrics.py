@@ -10,7 +10,7 @@ from starlette.routing import Route
 from redis_cache_middleware import CacheMiddleware, MetricsEndpoint, RedisBackend
 
 from .apps import cached_app
-from .conftest import client_for
+from .support import client_for
 
 
 async def test_stats_count_outcomes_per_rule(backend: RedisBackend, redis_client: redis.Redis) -> None:

@@ -16,8 +16,8 @@ from starlette.testclient import TestClient
 from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend, RedisBackend
 
 from .apps import CountingApp, cached_app
-from .conftest import client_for, http_scope
 from .redis_server import RedisServer
+from .support import client_for, http_scope
 
 
 def cache_keys(client: redis.Redis) -> list[bytes]:
@@ -235,7 +235,7 @@ async def test_streamed_oversized_request_body_without_length_is_replayed(backen
     app, _ = cached_app(backend)
     chunks = [bytes([i]) * 300 for i in range(8)]
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         for chunk in chunks:
             yield chunk
 
@@ -248,7 +248,7 @@ async def test_streamed_oversized_request_body_without_length_is_replayed(backen
 async def test_chunked_request_body_within_limit_is_cached(backend: RedisBackend) -> None:
     app, counting = cached_app(backend)
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         yield b"abc"
         yield b"def"
 

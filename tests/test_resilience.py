@@ -21,8 +21,8 @@ from starlette.routing import Route
 
 from redis_cache_middleware import BackendError, CacheMiddleware, CacheRule, CircuitBreaker, RedisBackend
 
-from .conftest import client_for
 from .redis_server import RedisServer, free_port
+from .support import client_for
 
 TIMEOUT = 0.05
 BYPASS_BOUND = 0.5

@@ -19,7 +19,7 @@ from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend, Re
 from redis_cache_middleware.keys import URL_REWRITING_HEADERS
 
 from .apps import cached_app
-from .conftest import client_for
+from .support import client_for
 
 
 def cache_keys(client: redis.Redis) -> list[bytes]:

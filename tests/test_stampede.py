@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend, RedisBackend
 
-from .conftest import http_scope
+from .support import http_scope
 
 
 class SlowModel:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -19,8 +19,8 @@ from redis_cache_middleware.backends import LockingBackend
 from redis_cache_middleware.backends.tiered import TieredBackend
 
 from .apps import cached_app
-from .conftest import client_for
 from .redis_server import RedisServer
+from .support import client_for
 
 # Long enough that, within a test, only an invalidation (never the L1 cap) can explain a fresh value.
 LONG_L1_TTL = 30.0
@@ -118,7 +118,7 @@ async def test_replace_and_delete_reach_the_other_process(
     assert await a.get("k") is None
     await eventually(lambda: b.get("k"), None)
     assert redis_client.exists("k") == 0
-    assert a.stats()["invalidations"] >= 1 and b.stats()["invalidations"] >= 1
+    assert cast(int, a.stats()["invalidations"]) >= 1 and cast(int, b.stats()["invalidations"]) >= 1
 
 
 async def test_l1_copy_expires_with_the_redis_key(
@@ -277,7 +277,7 @@ async def test_subscription_loss_empties_and_bypasses_l1(fresh_redis: RedisServe
                 break
         else:
             pytest.fail("no read succeeded after the restart")
-        assert backend.stats()["subscription_losses"] >= 1
+        assert cast(int, backend.stats()["subscription_losses"]) >= 1
     finally:
         await backend.aclose()
 
