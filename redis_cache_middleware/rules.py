@@ -115,7 +115,6 @@ class CacheRule:
         object.__setattr__(self, "key_name", name)
         object.__setattr__(self, "keying", keying)
 
-
     def invalidates(self, method: str) -> bool:
         """Whether a `method` request on this rule's URLs invalidates their stored GET responses."""
         if self.invalidate_on or not self.honor_origin:

@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from redis_cache_middleware import CacheMiddleware, CacheRule, MemoryBackend
 from redis_cache_middleware.keys import CANONICAL_JSON_LIMIT, request_digest
 
-from .conftest import http_scope
+from .support import http_scope
 
 pytestmark = pytest.mark.anyio
 
