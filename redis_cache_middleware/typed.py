@@ -80,12 +80,12 @@ class RouteCanon:
 class RouteTypes:
     """Every typed route of an app: `for_request(method, path)` gives its canonicalisers, or None."""
 
-    routes: tuple[tuple[Pattern[str], frozenset[str], RouteCanon], ...]
+    routes: tuple[tuple[Pattern[str], frozenset[str] | None, RouteCanon | None], ...]
 
     def for_request(self, method: str, path: str) -> RouteCanon | None:
-        """The canonicalisers of the first route matching `method` and `path`, as Starlette routes it."""
+        """The canonicalisers of the first route matching `method` and `path` (None: untyped or unknown)."""
         for regex, methods, canon in self.routes:
-            if method in methods and regex.match(path):
+            if (methods is None or method in methods) and regex.match(path):
                 return canon
         return None
 
@@ -97,28 +97,37 @@ def route_types(app: Any) -> RouteTypes:
     return RouteTypes(tuple(found))
 
 
-_Found = list[tuple[Pattern[str], frozenset[str], RouteCanon]]
+_Found = list[tuple[Pattern[str], frozenset[str] | None, "RouteCanon | None"]]
 
 
 def _walk(routes: Sequence[Any], prefix: str, found: _Found) -> None:
-    from fastapi.routing import APIRoute
-
+    """Append each route in routing order; routes without FastAPI types are kept (as None) so that a
+    request they would handle never takes the types of a later route."""
     for route in routes:
         if isinstance(route, Mount):
-            _walk(getattr(route, "routes", ()) or (), prefix + route.path, found)
-        elif isinstance(route, APIRoute):
-            regex = compile_path(prefix + route.path)[0]
-            methods = frozenset(route.methods or ()) | ({"HEAD"} if "GET" in (route.methods or ()) else set())
-            found.append((regex, methods, _route_canon(route)))
+            inner = getattr(route, "routes", None)
+            if inner:
+                _walk(inner, prefix + route.path, found)
+            else:  # an opaque sub-application: everything under its prefix is untyped
+                found.append((compile_path(prefix + route.path + "/{rest:path}")[0], None, None))
+        elif hasattr(route, "effective_route_contexts"):  # FastAPI's lazily included router
+            _walk(list(route.effective_route_contexts()), prefix, found)
+        elif isinstance(getattr(route, "path", None), str):
+            methods = frozenset(getattr(route, "methods", None) or ()) or None
+            if methods is not None and "GET" in methods:
+                methods |= {"HEAD"}
+            dependant = getattr(route, "dependant", None)
+            canon = _route_canon(dependant) if dependant is not None else None
+            found.append((compile_path(prefix + route.path)[0], methods, canon))
 
 
-def _route_canon(route: Any) -> RouteCanon:
+def _route_canon(dependant: Any) -> RouteCanon:
     from fastapi.dependencies.utils import _get_flat_body_params, _should_embed_body_fields, get_flat_params
     from fastapi.params import Query
 
     query: dict[bytes, Callable[[Any], Any]] = {}
     ambiguous: set[bytes] = set()
-    for param in get_flat_params(route.dependant):
+    for param in get_flat_params(dependant):
         if not isinstance(param.field_info, Query):
             continue
         name = param.alias.encode()
@@ -130,7 +139,7 @@ def _route_canon(route: Any) -> RouteCanon:
         query[name] = _param_validator(param)
     for name in ambiguous:
         query.pop(name, None)
-    body_params = _get_flat_body_params(route.dependant)
+    body_params = _get_flat_body_params(dependant)
     body: JsonCanon | None = None
     if body_params and len({p.name for p in body_params}) == len(body_params):
         if _should_embed_body_fields(body_params):
