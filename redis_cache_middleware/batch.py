@@ -15,7 +15,15 @@ from typing import Any, Literal
 
 import orjson
 
-from .jsonspans import element_spans, fill_envelope, list_envelope, parse_pointer, value_envelope, value_span
+from .jsonspans import (
+    element_spans,
+    envelope_frame,
+    fill_envelope,
+    list_envelope,
+    parse_pointer,
+    value_envelope,
+    value_span,
+)
 from .typed import RouteCanon
 
 __all__ = [
@@ -25,6 +33,7 @@ __all__ = [
     "Row",
     "SingleRow",
     "assemble",
+    "same_envelope",
     "split_request",
     "split_response",
     "split_row_request",
@@ -34,7 +43,7 @@ __all__ = [
 JsonCanon = Callable[[Any], Any]
 _SORTED = orjson.OPT_SORT_KEYS
 # orjson reads integer literals past 64 bits as floats: two such rows could share a canonical form.
-_LONG_NUMBER = re.compile(rb"\d{20}")
+_STRING_OR_LONG_NUMBER = re.compile(rb'"(?:[^"\\]|\\.)*"|(\d{20})', re.DOTALL)
 _INDEX = re.compile(r"0|[1-9][0-9]*")
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
@@ -101,7 +110,7 @@ def split_request(rows: BatchRows, body: bytes, canon: JsonCanon | None = None) 
     `canon` (typically `RouteCanon.canonical_json`) rewrites the parsed body as the app will read it
     before the rows and the rest are serialised (orjson, sorted keys); it is not used for open inference.
     """
-    if _LONG_NUMBER.search(body):
+    if _has_long_number(body):
         return "batch-long-number"
     try:
         document = orjson.loads(body)
@@ -223,7 +232,7 @@ def split_row_request(
     """
     canon = canon or RouteCanon()
     if body:
-        if _LONG_NUMBER.search(body):
+        if _has_long_number(body):
             return "row-long-number"
         try:
             document = canon.canonical_json(orjson.loads(body))
@@ -250,9 +259,23 @@ def split_row_response(row: Row, body: bytes) -> BatchResponse | None:
     return split_single_response(row.response_tokens, body)
 
 
+def same_envelope(first: bytes, second: bytes) -> bool:
+    """Whether two envelopes frame their rows alike (the separator a one-row list had to guess aside):
+    compare a stored envelope with a fresh one to catch an app whose envelope depends on the rows."""
+    try:
+        return envelope_frame(first) == envelope_frame(second)
+    except ValueError:
+        return False
+
+
 # --- helpers -------------------------------------------------------------------------------------------
 
 _MISSING: Any = object()
+
+
+def _has_long_number(body: bytes) -> bool:
+    """Whether a number literal (not a string) has 20 or more digits in a row."""
+    return any(match.group(1) for match in _STRING_OR_LONG_NUMBER.finditer(body))
 
 
 def _count_reason(count: int, max_rows: int) -> str:

@@ -177,6 +177,14 @@ def fill_envelope(envelope: bytes, values: Sequence[bytes]) -> bytes:
     raise ValueError(f"an envelope of kind {kind!r} cannot hold {len(values)} values")
 
 
+def envelope_frame(envelope: bytes) -> tuple[bytes, ...]:
+    """The parts of an envelope that do not depend on the row count: all but a list's separator."""
+    if envelope[:1] == b"L":
+        head, _, tail = _unfields(envelope[1:], 3)
+        return b"L", head, tail
+    return (envelope,)
+
+
 def _guess_separator(head: bytes, tail: bytes) -> bytes:
     """The element separator of a one-row list, which shows none: follow the document's own style.
 

@@ -21,6 +21,7 @@ from redis_cache_middleware.batch import (
     Row,
     SingleRow,
     assemble,
+    same_envelope,
     split_request,
     split_response,
     split_row_request,
@@ -386,3 +387,27 @@ def test_single_route_answered_from_a_batch_computed_row() -> None:
             assemble(stored.envelope, batch_answer.values)
     assert split_row_response(IRIS_ROW, b'{"predictions": 1}') is None
     assert split_row_response(IRIS_ROW, b"oops") is None
+
+
+def test_long_digit_strings_are_rows_but_long_numbers_bypass() -> None:
+    batch = _split(IRIS, b'{"id": "123456789012345678901234", "instances": [["98765432109876543210"]]}')
+    assert batch.rows == (b'["98765432109876543210"]',)
+    assert split_request(IRIS, b'{"id": 123456789012345678901234, "instances": [[1]]}') == "batch-long-number"
+    assert split_row_request(
+        IRIS_ROW, [], b'{"sepal_length": 12345678901234567890123, "sepal_width": 1}'
+    ) == ("row-long-number")
+
+
+def test_same_envelope_ignores_only_the_guessed_separator() -> None:
+    def envelope(document: dict[str, Any]) -> bytes:
+        found = split_response(IRIS, json.dumps(document).encode(), len(document["predictions"]))
+        assert found is not None
+        return found.envelope
+
+    one, three = envelope({"predictions": [1], "v": "x"}), envelope({"predictions": [1, 2, 0], "v": "x"})
+    assert same_envelope(one, three)
+    assert not same_envelope(one, envelope({"predictions": [1], "v": "y"}))
+    assert not same_envelope(
+        envelope({"predictions": [1], "n": 1}), envelope({"predictions": [1, 2], "n": 2})
+    )
+    assert not same_envelope(one, b"L")
