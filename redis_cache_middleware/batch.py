@@ -167,18 +167,6 @@ def split_response(rows: BatchRows, body: bytes, expected: int) -> BatchResponse
     return BatchResponse(tuple(body[start:end] for start, end in elements), list_envelope(body, elements))
 
 
-def split_single_response(pointer: tuple[str, ...], body: bytes) -> BatchResponse | None:
-    """Split a single-row answer into its one value (at `pointer`) and an envelope; None if absent."""
-    try:
-        orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    span = value_span(body, pointer)
-    if span is None:
-        return None
-    return BatchResponse((body[span[0] : span[1]],), value_envelope(body, span))
-
-
 def assemble(envelope: bytes, values: Sequence[bytes]) -> bytes:
     """The full response body: `envelope` (from a split response) with `values` as its rows, in order.
 
@@ -256,7 +244,12 @@ def split_row_request(
 
 def split_row_response(row: Row, body: bytes) -> BatchResponse | None:
     """Split a single route's answer into its row value (at `row.response`) and envelope; None if absent."""
-    return split_single_response(row.response_tokens, body)
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    span = value_span(body, row.response_tokens)
+    return None if span is None else BatchResponse((body[span[0] : span[1]],), value_envelope(body, span))
 
 
 def same_envelope(first: bytes, second: bytes) -> bool:
@@ -393,7 +386,7 @@ def _split_open_inference_response(document: Any, expected: int) -> BatchRespons
     if len(tensors) != len(outputs):
         return None
     values = tuple(orjson.dumps([slices[i] for slices, _ in tensors]) for i in range(expected))
-    emptied = [{**out, "data": []} for out in outputs]
+    emptied = [{**out, "shape": [None, *out["shape"][1:]], "data": []} for out in outputs]
     envelope = {"document": {**document, "outputs": emptied}, "nested": [nested for _, nested in tensors]}
     return BatchResponse(values, b"O" + orjson.dumps(envelope))
 

@@ -334,6 +334,8 @@ def test_open_inference_response_round_trip() -> None:
     assert assemble(stored.envelope, [stored.values[2], stored.values[0]]) == orjson.dumps(
         _oip_response([answered[2], answered[0]])
     )
+    two = split_response(OIP, orjson.dumps(_oip_response(answered[:2])), 2)
+    assert two is not None and same_envelope(stored.envelope, two.envelope)
     assert split_response(OIP, orjson.dumps(_oip_response(answered)), 2) is None
     broken = _oip_response(answered)
     broken["outputs"][1]["data"] = [1, 2, 3]
