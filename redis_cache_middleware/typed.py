@@ -91,9 +91,17 @@ class RouteTypes:
 
 
 def route_types(app: Any) -> RouteTypes:
-    """Walk the app's routes once (mounted routers included) and learn each FastAPI route's types."""
+    """Walk the app's routes once (mounted routers included) and learn each FastAPI route's types.
+
+    `app` may be the FastAPI/Starlette app, its router, or a middleware in front of them: the chain of
+    `.app` attributes is followed to the first object with `routes`.
+    """
+    for _ in range(64):
+        if isinstance(getattr(app, "routes", None), list):
+            break
+        app = getattr(app, "app", None)
     found: _Found = []
-    _walk(getattr(app, "routes", ()), "", found)
+    _walk(getattr(app, "routes", None) or (), "", found)
     return RouteTypes(tuple(found))
 
 

@@ -13,6 +13,9 @@ from fastapi import APIRouter, Body, FastAPI, Query
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field, field_validator
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import PlainTextResponse
 
 from redis_cache_middleware.typed import RouteCanon, route_types
 
@@ -170,6 +173,10 @@ def test_routes_found_through_routers_mounts_and_methods() -> None:
     assert _query(_canon("GET", "/v1/q"), x="5.10") == {"x": "5.1"}
     assert _query(_canon("HEAD", "/q"), x="5.10") == {"x": "5.1"}
     assert TYPES.for_request("POST", "/q") is None
+    stack = ExceptionMiddleware(GZipMiddleware(APP.router))  # what a middleware's `app` really is
+    behind = route_types(stack).for_request("GET", "/q")
+    assert behind is not None and _query(behind, x="5.10") == {"x": "5.1"}
+    assert route_types(object()).for_request("GET", "/q") is None
     assert TYPES.for_request("GET", "/nowhere") is None
 
 
@@ -304,3 +311,24 @@ def test_equal_canonical_body_means_equal_arguments(
     event(f"shared={shared} identical={bodies[0] == bodies[1]}")
     if shared:
         assert received("POST", "/body", json=bodies[0]) == received("POST", "/body", json=bodies[1])
+
+
+def test_routes_that_would_answer_first_without_types_shadow_later_typed_ones() -> None:
+    async def plain(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never called")
+
+    app = FastAPI()
+    app.router.add_route("/q", lambda request: PlainTextResponse("untyped"), methods=["GET"])
+    app.mount("/opaque", plain)
+
+    @app.get("/q")
+    def shadowed(x: float) -> float:
+        return x
+
+    @app.get("/opaque/q")
+    def behind_mount(x: float) -> float:
+        return x
+
+    types = route_types(app)
+    assert types.for_request("GET", "/q") is None
+    assert types.for_request("GET", "/opaque/q") is None
