@@ -23,6 +23,7 @@ from .jsonspans import (
     parse_pointer,
     value_envelope,
     value_span,
+    value_start,
 )
 from .typed import RouteCanon
 
@@ -90,7 +91,11 @@ class BatchRequest:
     _rebuild: Callable[[Sequence[int]], bytes] = field(repr=False, compare=False)
 
     def body_for(self, indices: Sequence[int]) -> bytes:
-        """The same request body with only the rows at `indices`, in that order, everything else unchanged."""
+        """The request body with only the rows at `indices`, in that order, everything else as parsed.
+
+        Re-serialised by orjson: key order and every value are kept, whitespace and number spelling are not
+        (`5.10` is sent as `5.1`), which the app parses to the same values.
+        """
         if not indices or not all(0 <= i < len(self.rows) for i in indices):
             raise ValueError(f"row indices must be non-empty and within 0..{len(self.rows) - 1}")
         return self._rebuild(indices)
@@ -130,15 +135,9 @@ def split_request(rows: BatchRows, body: bytes, canon: JsonCanon | None = None) 
     canonical_rows = _resolve(canonical, rows.request_tokens)
     if not isinstance(canonical_rows, list) or len(canonical_rows) != len(found):
         canonical_rows = found
-    span = value_span(body, rows.request_tokens)
-    if span is None:  # pragma: no cover - the parsed document has the list, so the raw scan finds it
-        return "batch-no-rows"
-    elements = element_spans(body, span[0])
-    head, tail = body[: span[0]], body[span[1] :]
 
     def rebuild(indices: Sequence[int]) -> bytes:
-        chosen = b",".join(body[elements[i][0] : elements[i][1]] for i in indices)
-        return b"".join((head, b"[", chosen, b"]", tail))
+        return orjson.dumps(_replaced(document, rows.request_tokens, [found[i] for i in indices]))
 
     return BatchRequest(
         tuple(orjson.dumps(row, option=_SORTED) for row in canonical_rows),
@@ -158,10 +157,10 @@ def split_response(rows: BatchRows, body: bytes, expected: int) -> BatchResponse
     found = _resolve(document, rows.response_tokens)
     if not isinstance(found, list) or len(found) != expected or expected < 1:
         return None
-    span = value_span(body, rows.response_tokens)
-    if span is None:  # pragma: no cover - the parsed document has the list, so the raw scan finds it
+    start = value_start(body, rows.response_tokens)
+    if start is None:  # pragma: no cover - the parsed document has the list, so the raw scan finds it
         return None
-    elements = element_spans(body, span[0])
+    elements = element_spans(body, start)
     if len(elements) != expected:  # pragma: no cover - same document, same count
         return None
     return BatchResponse(tuple(body[start:end] for start, end in elements), list_envelope(body, elements))
@@ -289,6 +288,16 @@ def _resolve(document: Any, tokens: tuple[str, ...]) -> Any:
         else:
             return _MISSING
     return document
+
+
+def _replaced(document: Any, tokens: tuple[str, ...], value: Any) -> Any:
+    """A copy of `document` with the value at `tokens` (which exists) replaced by `value`."""
+    if not tokens:
+        return value
+    copy: Any = dict(document) if isinstance(document, dict) else list(document)
+    key: Any = tokens[0] if isinstance(document, dict) else int(tokens[0])
+    copy[key] = _replaced(copy[key], tokens[1:], value)
+    return copy
 
 
 def _without(document: Any, tokens: tuple[str, ...]) -> Any:

@@ -115,6 +115,12 @@ def value_span(data: bytes, tokens: tuple[str, ...]) -> Span | None:
 
     A repeated object key resolves to its last occurrence, as Python's `json` and orjson read it.
     """
+    start = value_start(data, tokens)
+    return None if start is None else (start, value_end(data, start))
+
+
+def value_start(data: bytes, tokens: tuple[str, ...]) -> int | None:
+    """Where the value the pointer `tokens` refers to begins, or None if it is absent."""
     index = skip_ws(data, 0)
     for token in tokens:
         first = data[index : index + 1]
@@ -132,7 +138,7 @@ def value_span(data: bytes, tokens: tuple[str, ...]) -> Span | None:
             index = elements[int(token)][0]
         else:
             return None
-    return index, value_end(data, index)
+    return index
 
 
 def separator_after(fragment: bytes, char: bytes) -> bytes | None:

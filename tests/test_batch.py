@@ -142,7 +142,9 @@ def test_body_for_keeps_everything_but_the_chosen_rows() -> None:
         "instances": [{"a": "]"}, [5.10, 3.5]],
         "params": {"t": [1]},
     }
-    assert b"[5.10, 3.5]" in batch.body_for([0])  # the row as the client wrote it
+    assert batch.body_for([0]) == b'{"model":"iris","instances":[[5.1,3.5]],"params":{"t":[1]}}'  # order kept
+    ordered = _split(IRIS, b'{"instances": [{"b": 1, "a": 2}], "z": 1, "y": 2}')
+    assert ordered.body_for([0]) == b'{"instances":[{"b":1,"a":2}],"z":1,"y":2}'
     assert batch.rest == orjson.dumps({"model": "iris", "params": {"t": [1]}}, option=orjson.OPT_SORT_KEYS)
     with pytest.raises(ValueError, match="indices"):
         batch.body_for([3])
