@@ -43,6 +43,8 @@ class RouteCanon:
 
     def with_rounding(self, places: int | None) -> RouteCanon:
         """The same canonicalisers with floats rounded to `places` decimals (None: exact)."""
+        if places is not None and (isinstance(places, bool) or not isinstance(places, int) or places < 0):
+            raise ValueError(f"round_floats must be None or a non-negative integer: {places!r}")
         return replace(self, round_floats=places)
 
     def query_value(self, name: bytes, raw: bytes) -> Any:

@@ -212,6 +212,9 @@ def test_round_floats_is_an_opt_in_approximation() -> None:
     assert _query(Q, x="5.1234") != _query(Q, x="5.1249")
     body = _canon("POST", "/body").with_rounding(1).canonical_json
     assert body({"a": 0.04, "vec": [1.26]}) == {"a": 0.0, "vec": [1.3]}
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="round_floats"):
+            Q.with_rounding(bad)  # type: ignore[arg-type]
 
 
 # --- the property: a shared canonical form means the endpoint received equal arguments -------------------
