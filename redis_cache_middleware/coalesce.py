@@ -8,6 +8,7 @@ streams to waiting clients), and at the end the stored entry. Built on AnyIO eve
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import anyio
 from starlette.types import Message, Send
@@ -177,7 +178,7 @@ class RowFlights:
                 theirs[key] = flight
         return mine, theirs
 
-    def finish(self, values: dict[str, bytes | None], keys: list[str]) -> None:
+    def finish(self, values: Mapping[str, bytes | None], keys: list[str]) -> None:
         """Publish the computed value of each of `keys` (None: not computed) and end their flights."""
         for key in keys:
             flight = self._flights.pop(key, None)

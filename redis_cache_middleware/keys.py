@@ -19,6 +19,8 @@ from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 import orjson
 from starlette.types import Scope
 
+from .typed import RouteCanon
+
 Headers = dict[bytes, list[bytes]]
 
 TAG_SEGMENT = "tag"  # the version segment reserved for tag index sets
@@ -162,9 +164,9 @@ def canonical_query(query_string: bytes) -> list[tuple[bytes, bytes]]:
 CANONICAL_JSON_LIMIT = 1024 * 1024
 
 
-def canonical_body(content_type: bytes | None, body: bytes) -> bytes:
-    """JSON bodies up to `CANONICAL_JSON_LIMIT` re-serialised with sorted keys (tag `j`); anything else
-    as its bytes (tag `r`)."""
+def canonical_body(content_type: bytes | None, body: bytes, canon: RouteCanon | None = None) -> bytes:
+    """JSON bodies up to `CANONICAL_JSON_LIMIT` re-serialised with sorted keys (tag `j`), values typed by
+    the route's `canon` when given; anything else as its bytes (tag `r`)."""
     if (
         content_type is not None
         and len(body) <= CANONICAL_JSON_LIMIT
@@ -172,9 +174,12 @@ def canonical_body(content_type: bytes | None, body: bytes) -> bytes:
         and not _LONG_NUMBER.search(body)
     ):
         try:
-            return b"j" + orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+            value = orjson.loads(body)
         except orjson.JSONDecodeError:
-            pass
+            return b"r" + body
+        if canon is None:
+            return b"j" + orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        return b"t" + orjson.dumps(canon.canonical_json(value), option=orjson.OPT_SORT_KEYS)
     return b"r" + body
 
 
@@ -184,9 +189,15 @@ def _is_json(content_type: bytes) -> bool:
 
 
 def canonical_request(
-    rule: KeySpec, scope: Scope, headers: Headers, body: bytes | None, credentials: tuple[bytes, ...] = ()
+    rule: KeySpec,
+    scope: Scope,
+    headers: Headers,
+    body: bytes | None,
+    credentials: tuple[bytes, ...] = (),
+    canon: RouteCanon | None = None,
 ) -> bytes:
-    """The unambiguous encoding of everything that selects a response for this request under `rule`."""
+    """The unambiguous encoding of everything that selects a response for this request under `rule`;
+    with the route's `canon` (typed keys), query values and JSON body values as the app will parse them."""
     out: list[bytes] = []
     append = out.append
 
@@ -204,6 +215,9 @@ def canonical_request(
     append(_field(path))
     query = scope.get("query_string", b"")
     pairs = canonical_query(query if isinstance(query, bytes) else b"")
+    if canon is not None:
+        pairs = canon.canonical_query(pairs)
+    append(b"t" if canon is not None else b"q")
     append(len(pairs).to_bytes(4, "big"))
     for name, value in pairs:
         append(len(name).to_bytes(4, "big"))
@@ -216,7 +230,7 @@ def canonical_request(
     else:
         append(b"\x01")
         content_type = headers.get(b"content-type")
-        append(_field(canonical_body(content_type[0] if content_type else None, body)))
+        append(_field(canonical_body(content_type[0] if content_type else None, body, canon)))
     _put_context(out, rule, headers, credentials)
     return b"".join(out)
 
@@ -274,10 +288,16 @@ def _field(data: bytes) -> bytes:
 
 
 def request_digest(
-    rule: KeySpec, scope: Scope, headers: Headers, body: bytes | None, credentials: tuple[bytes, ...] = ()
+    rule: KeySpec,
+    scope: Scope,
+    headers: Headers,
+    body: bytes | None,
+    credentials: tuple[bytes, ...] = (),
+    canon: RouteCanon | None = None,
 ) -> str:
     """Fixed-length hex digest of the canonical request; a private rule adds the `credentials` fields."""
-    return blake2b(canonical_request(rule, scope, headers, body, credentials), digest_size=16).hexdigest()
+    encoded = canonical_request(rule, scope, headers, body, credentials, canon)
+    return blake2b(encoded, digest_size=16).hexdigest()
 
 
 def variant_key(primary_key: str, names: tuple[bytes, ...], headers: Headers) -> str:

@@ -39,6 +39,7 @@ class Outcome(enum.Enum):
     COLLAPSED = "collapsed"
     REVALIDATED = "revalidated"
     BYPASS = "bypass"
+    PARTIAL = "partial"  # a batch answered partly from stored rows
 
 
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
@@ -76,6 +77,8 @@ class RuleMetrics:
     stored: int = 0
     bytes_stored: int = 0
     store_failures: int = 0
+    rows_hit: int = 0
+    rows_computed: int = 0
     hit_latency: Histogram = field(default_factory=Histogram)
     miss_latency: Histogram = field(default_factory=Histogram)
 
@@ -97,6 +100,12 @@ class Metrics:
         metrics = self.rule(rule)
         metrics.outcomes[outcome.value] += 1
         (metrics.miss_latency if outcome is Outcome.MISS else metrics.hit_latency).observe(seconds)
+
+    def rows(self, rule: str, hit: int, computed: int) -> None:
+        """Record one row-cached answer: rows that came from the cache, rows the app computed."""
+        metrics = self.rule(rule)
+        metrics.rows_hit += hit
+        metrics.rows_computed += computed
 
     def bypassed(self, rule: str, reason: str) -> None:
         metrics = self.rule(rule)
@@ -121,6 +130,8 @@ class Metrics:
                 "stored": m.stored,
                 "bytes_stored": m.bytes_stored,
                 "store_failures": m.store_failures,
+                "rows_hit": m.rows_hit,
+                "rows_computed": m.rows_computed,
                 "hit_p50_s": m.hit_latency.quantile(0.5),
                 "hit_p99_s": m.hit_latency.quantile(0.99),
                 "miss_p50_s": m.miss_latency.quantile(0.5),

@@ -16,7 +16,7 @@ from .backends import Backend, BackendError, LockingBackend, RedisBackend
 from .breaker import CircuitBreaker
 from .budget import Budget
 from .cache import Cache, Unavailable
-from .coalesce import SingleFlight
+from .coalesce import RowFlights, SingleFlight
 from .config import CacheConfig, credential_names, signing_key_bytes
 from .decision import Decision, Hit, OnlyIfCached, Revalidate, Stale, bypass_reason, decide
 from .detach import wait_for_background
@@ -26,7 +26,9 @@ from .miss import refresh, run_miss
 from .request import Request, read_body, route_path
 from .responders import InvalidatingResponder, Parts, answer_from_entry, bypass, only_if_cached
 from .response import StatusHeaders
+from .rowpath import answer_rows
 from .rules import CacheRule, RuleMatcher
+from .typed import RouteCanon, RouteTypes, route_types
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class CacheMiddleware:
         hit_for_miss: float = 0.0,
         lock: bool = False,
         lock_lease: float = 5.0,
+        typed_keys: bool = True,
     ) -> None:
         if (redis_url is None) == (backend is None):
             raise ValueError("CacheMiddleware needs exactly one of redis_url= or backend=")
@@ -98,9 +101,13 @@ class CacheMiddleware:
         self.metrics = Metrics()
         self.cache = Cache(store, keys, self.breaker, self.metrics, self.config.signing_key)
         self.flights = SingleFlight(hit_for_miss)
+        status_headers = StatusHeaders(self.config)
         self.parts = Parts(
-            app, self.cache, self.config, self.flights, self.metrics, StatusHeaders(self.config)
+            app, self.cache, self.config, self.flights, RowFlights(), self.metrics, status_headers
         )
+        self.typed_keys = typed_keys
+        self._route_types: RouteTypes | None = None
+        self._canons: dict[tuple[str, str], RouteCanon | None] = {}
         self._budget = float(getattr(store, "timeout", math.inf))
         self._registered = False
         warm = getattr(store, "warm", None)
@@ -141,7 +148,8 @@ class CacheMiddleware:
             await bypass(self.parts, rule, reason, scope, receive, send)
             return
 
-        digest = request_digest(rule.keying, scope, headers, body, config.credential_headers)
+        canon = self._canon(rule, method, scope) if self.typed_keys else None
+        digest = request_digest(rule.keying, scope, headers, body, config.credential_headers, canon)
         request = Request(
             scope=scope,
             receive=receive,
@@ -155,6 +163,9 @@ class CacheMiddleware:
             head=method == "HEAD",
             budget=Budget(self._budget),
         )
+        if rule.batch is not None or rule.row is not None:
+            await answer_rows(self.parts, request, canon)
+            return
         try:
             entry = await self.cache.lookup(request.key, headers, request.budget)
         except Unavailable as exc:
@@ -183,6 +194,19 @@ class CacheMiddleware:
             await only_if_cached(self.parts, request)
         else:
             await run_miss(self.parts, request, decision.stale, decision.fwd, False)
+
+    def _canon(self, rule: CacheRule, method: str, scope: Scope) -> RouteCanon | None:
+        """The typed canonicaliser of the route a rule covers, learnt once from the app's own routes."""
+        known = (rule.key_name, method)
+        if known in self._canons:
+            return self._canons[known]
+        if self._route_types is None:
+            self._route_types = route_types(scope.get("app") or self.app)
+        canon = self._route_types.for_request(method, route_path(scope))
+        if canon is not None and rule.round_floats is not None:
+            canon = canon.with_rounding(rule.round_floats)
+        self._canons[known] = canon
+        return canon
 
     def _register(self, scope: Scope) -> None:
         """Make this instance reachable as `app.state.cache`, on lifespan startup or the first request."""

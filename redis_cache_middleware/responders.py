@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import policy, response
 from .cache import Cache, Unavailable
-from .coalesce import SingleFlight
+from .coalesce import RowFlights, SingleFlight
 from .config import CacheConfig
 from .entry import Entry
 from .keys import Headers, request_digest
@@ -32,6 +32,7 @@ class Parts:
     cache: Cache
     config: CacheConfig
     flights: SingleFlight
+    row_flights: RowFlights
     metrics: Metrics
     status_headers: StatusHeaders
 

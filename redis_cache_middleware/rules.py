@@ -10,6 +10,7 @@ from re import Pattern
 
 from starlette.routing import compile_path
 
+from .batch import BatchRows, Row
 from .keys import KeySpec
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "QUERY", "OPTIONS"})
@@ -35,6 +36,9 @@ class CacheRule:
     with `honor_origin` and no `invalidate_on`, every unsafe method does (RFC 9111 section 4.4).
     `early_refresh`: XFetch beta (e.g. 1.0) to refresh hot entries before they expire; None is off.
     `tags`: names every entry of this rule is indexed under, for `CacheMiddleware.invalidate(tags=...)`.
+    `batch`: where a batch request's rows are (`BatchRows`): each row is cached on its own, and only the
+    rows not stored reach the app. `row`: this single-row route shares the rows of a row space (`Row`).
+    `round_floats`: key floats of typed parameters rounded to this many decimal places (approximate keys).
     """
 
     path: str
@@ -53,6 +57,9 @@ class CacheRule:
     invalidate_on: Sequence[str] = ()
     early_refresh: float | None = None
     tags: Sequence[str] = ()
+    batch: BatchRows | None = None
+    row: Row | None = None
+    round_floats: int | None = None
     # Derived once at construction; not arguments.
     regex: Pattern[str] | None = field(init=False, repr=False, compare=False)
     method_set: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -103,6 +110,7 @@ class CacheRule:
         for limit in ("max_body_bytes", "max_request_bytes"):
             if not isinstance(getattr(self, limit), int) or getattr(self, limit) < 0:
                 raise ValueError(f"CacheRule {limit} must be a non-negative int")
+        _check_rows(self, methods)
         name = self.name if self.name is not None else _PARAM.sub(r"<\1>", self.path)
         vary_names = tuple(sorted({h.lower().encode("latin-1") for h in self.vary}))
         keying = KeySpec(name, self.key_host, vary_names, self.private)
@@ -120,6 +128,22 @@ class CacheRule:
         if self.invalidate_on or not self.honor_origin:
             return method in self.invalidating_methods
         return method not in SAFE_METHODS and method not in self.method_set
+
+
+def _check_rows(rule: CacheRule, methods: frozenset[str]) -> None:
+    if rule.batch is not None and not isinstance(rule.batch, BatchRows):
+        raise ValueError(f"CacheRule batch must be a BatchRows: {rule.batch!r}")
+    if rule.row is not None and not isinstance(rule.row, Row):
+        raise ValueError(f"CacheRule row must be a Row: {rule.row!r}")
+    if rule.batch is not None and rule.row is not None:
+        raise ValueError("CacheRule takes batch= or row=, not both")
+    if rule.batch is not None and not methods <= {"POST", "QUERY"}:
+        raise ValueError("CacheRule batch= needs methods among POST and QUERY (the rows are in the body)")
+    if (rule.batch is not None or rule.row is not None) and rule.honor_origin:
+        raise ValueError("CacheRule batch= and row= keep rows for the rule's ttl: not with honor_origin")
+    places = rule.round_floats
+    if places is not None and (isinstance(places, bool) or not isinstance(places, int) or places < 0):
+        raise ValueError(f"CacheRule round_floats must be None or a non-negative int: {places!r}")
 
 
 class RuleMatcher:

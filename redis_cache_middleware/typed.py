@@ -15,11 +15,13 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from re import Pattern
-from typing import Annotated, Any, TypeGuard, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeGuard, cast
 
 import orjson
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from starlette.routing import Mount, compile_path
+
+if TYPE_CHECKING:  # pydantic comes with FastAPI, whose routes are the only ones typed: imported when seen
+    from pydantic import BaseModel, TypeAdapter
 
 __all__ = ["RouteCanon", "RouteTypes", "route_types"]
 
@@ -179,7 +181,7 @@ def _validated(validate: Callable[[Any], Any], value: Any, places: int | None) -
     """`validate(value)` if the result is plain, finite and exactly representable in JSON, else _UNPROVEN."""
     try:
         result = validate(value)
-    except (ValueError, ValidationError, TypeError):
+    except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
         return _UNPROVEN
     return _plain(result, places)
 
@@ -233,6 +235,8 @@ def _param_canon(param: Any) -> JsonCanon | None:
 
 
 def _is_model(annotation: Any) -> TypeGuard[type[BaseModel]]:
+    from pydantic import BaseModel
+
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
@@ -256,6 +260,8 @@ def _object_canon(members: dict[str, JsonCanon]) -> JsonCanon:
 
 def _model_canon(model: type[BaseModel]) -> JsonCanon | None:
     """Per-field canonicalisers of a pydantic model, or None when its parsing is not per-field and plain."""
+    from pydantic import ConfigDict, TypeAdapter
+
     decorators = model.__pydantic_decorators__
     config = model.model_config
     if (
