@@ -7,6 +7,7 @@ import hmac
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -15,11 +16,26 @@ from pydantic import BaseModel
 from starlette.routing import Route
 
 from demo.train import default_model_path, default_n_estimators, load_or_train, train
-from redis_cache_middleware import Backend, CacheMiddleware, CacheRule, MetricsEndpoint
+from redis_cache_middleware import Backend, BatchRows, CacheMiddleware, CacheRule, MetricsEndpoint, Row
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+
+
+def default_rules(ttl: int) -> list[CacheRule]:
+    """The demo's cache: the single routes and the batch route share one row space, `iris`, so a row
+    computed by any of them answers all of them."""
+    return [
+        CacheRule("/predict", ttl=ttl, methods=("GET", "POST"), row=Row("iris", FEATURES, "/prediction")),
+        CacheRule(
+            "/predict/batch",
+            ttl=ttl,
+            methods=("POST",),
+            batch=BatchRows("/instances", "/predictions", space="iris"),
+        ),
+    ]
 
 
 class Features(BaseModel):
@@ -67,8 +83,12 @@ def create_app(
     backend: Backend | None = None,
     model_path: Path | None = None,
     n_estimators: int | None = None,
+    rules: Sequence[CacheRule] | None = None,
+    namespace: str = "iris",
+    typed_keys: bool = True,
 ) -> FastAPI:
-    """Build the app, loading (or training) the model now; uses `backend` if given, else `redis_url`."""
+    """Build the app, loading (or training) the model now; uses `backend` if given, else `redis_url`.
+    `rules` replace `default_rules()`; an empty sequence serves without the cache."""
     path = model_path if model_path is not None else default_model_path()
     trees = n_estimators if n_estimators is not None else default_n_estimators()
     model = load_or_train(path, trees)
@@ -137,10 +157,18 @@ def create_app(
 
     app.router.routes.append(Route("/metrics", MetricsEndpoint()))
 
-    rule = CacheRule("/predict", ttl=int(os.environ.get("DEMO_TTL", "300")), methods=("GET", "POST"))
+    if rules is None:
+        rules = default_rules(int(os.environ.get("DEMO_TTL", "300")))
     url = None if backend is not None else redis_url or os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    app.add_middleware(
-        CacheMiddleware, redis_url=url, backend=backend, rules=[rule], namespace="iris", version=version
-    )
+    if rules:
+        app.add_middleware(
+            CacheMiddleware,
+            redis_url=url,
+            backend=backend,
+            rules=list(rules),
+            namespace=namespace,
+            version=version,
+            typed_keys=typed_keys,
+        )
     logger.info("app ready: model %s (%d trees), cache version %s", path, trees, version)
     return app

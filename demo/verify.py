@@ -1,4 +1,5 @@
-"""`python -m demo.verify`: check that repeated /predict calls are served from the cache (stdlib only)."""
+"""`python -m demo.verify`: check that repeated /predict calls are served from the cache, and that a batch
+reuses the rows the single calls computed (stdlib only)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,22 @@ def check_pair(label: str, first: Result, second: Result) -> list[str]:
     return problems
 
 
+def check_batch(first: Result, second: Result, singles: list[Result]) -> list[str]:
+    """Return the reasons the batch did not reuse the single calls' rows (empty if it did): the first call
+    computes only its new row (PARTIAL), the second is a HIT, and both agree with the single answers."""
+    problems = check_pair("BATCH", first, second)
+    if first.x_cache != "PARTIAL":
+        problems.append(f"BATCH: first call X-Cache is {first.x_cache!r}, expected 'PARTIAL'")
+    try:
+        predictions = json.loads(first.body)["predictions"]
+        known = [json.loads(single.body)["prediction"] for single in singles]
+    except (ValueError, KeyError, TypeError):
+        return [*problems, f"BATCH: unexpected body {first.body!r}"]
+    if predictions[: len(known)] != known:
+        problems.append(f"BATCH: predictions {predictions} disagree with the single calls' {known}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the GET and POST pairs; return 0 if both second calls were HITs, 1 if not, 2 if unreachable."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -110,14 +127,31 @@ def main(argv: list[str] | None = None) -> int:
             f"{base}/predict", data=body, method="POST", headers={"Content-Type": "application/json"}
         )
 
+    rows = [list(random_features(rng).values())]  # a new row, beside the GET's and the POST's
+    get_row = [float(v) for v in dict(urllib.parse.parse_qsl(query)).values()]
+    post_row = list(json.loads(body).values())
+    instances = [get_row, post_row, *rows]
+
+    def batch() -> urllib.request.Request:
+        data = json.dumps({"instances": instances}).encode()
+        return urllib.request.Request(
+            f"{base}/predict/batch", data=data, method="POST", headers={"Content-Type": "application/json"}
+        )
+
     problems: list[str] = []
     try:
+        singles: list[Result] = []
         for label, make in (("GET", get), ("POST", post)):
             first = call(make())
             show(first)
             second = call(make())
             show(second)
             problems += check_pair(label, first, second)
+            singles.append(first)
+        first, second = call(batch()), call(batch())
+        show(first)
+        show(second)
+        problems += check_batch(first, second, singles)
     except Unreachable as exc:
         print(f"cannot reach {base} ({exc}); start it with `make demo` or `python -m demo`")
         return 2

@@ -49,7 +49,7 @@ async def test_cached_predictions_equal_the_model(
         health = await client.get("/health")
     assert "x-cache" not in health.headers
     keys = list(redis_client.scan_iter("rcm:iris:*"))
-    assert len(keys) == 2 * len(samples)
+    assert len(keys) == len(samples) + 1  # one row each, shared by GET and POST, and the route's envelope
     assert all(0 < redis_client.ttl(k) <= 300 for k in keys)
 
 
@@ -88,13 +88,16 @@ def test_demo_server_and_verify(demo_server: str, redis_client: redis.Redis) -> 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[:2] for line in lines[:4]] == [
+    assert [line.split()[:2] for line in lines[:6]] == [
         ["GET", "MISS"],
         ["GET", "HIT"],
         ["POST", "MISS"],
         ["POST", "HIT"],
+        ["POST", "PARTIAL"],  # the batch: the GET's and the POST's rows from the cache, one new row computed
+        ["POST", "HIT"],
     ]
-    assert len(list(redis_client.scan_iter("rcm:iris:*"))) == 2
+    # three rows and two envelopes (the single routes', the batch route's)
+    assert len(list(redis_client.scan_iter("rcm:iris:*"))) == 5
 
 
 async def test_model_reload_bumps_the_version_and_old_predictions_are_never_served(
