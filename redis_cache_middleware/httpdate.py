@@ -15,8 +15,12 @@ _TIME = r"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
 _IMF_FIXDATE = re.compile(
     rf"(?:{_DAYS}), (?P<day>\d\d) (?P<month>{_MONTH}) (?P<year>\d{{4}}) {_TIME} GMT", re.ASCII
 )
-_RFC850 = re.compile(rf"(?:{_LONG_DAYS}), (?P<day>\d\d)-(?P<month>{_MONTH})-(?P<year>\d\d) {_TIME} GMT", re.ASCII)
-_ASCTIME = re.compile(rf"(?:{_DAYS}) (?P<month>{_MONTH}) (?P<day>\d\d| \d) {_TIME} (?P<year>\d{{4}})", re.ASCII)
+_RFC850 = re.compile(
+    rf"(?:{_LONG_DAYS}), (?P<day>\d\d)-(?P<month>{_MONTH})-(?P<year>\d\d) {_TIME} GMT", re.ASCII
+)
+_ASCTIME = re.compile(
+    rf"(?:{_DAYS}) (?P<month>{_MONTH}) (?P<day>\d\d| \d) {_TIME} (?P<year>\d{{4}})", re.ASCII
+)
 
 
 def parse_http_date(value: bytes, now: float | None = None) -> float | None:

@@ -1,0 +1,51 @@
+"""Targeted cache control (RFC 9213): a field such as `CDN-Cache-Control` that speaks to this cache only and,
+when present and valid, replaces Cache-Control for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .structured import parse_dictionary
+
+DEFAULT_TARGETED_FIELDS = ("cdn-cache-control",)
+# Directives whose argument is a delta-seconds: an sf-integer in a targeted field (RFC 9213 section 2.1).
+_SECONDS = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
+_HIDDEN_FROM_CLIENTS = frozenset({b"cache-tag", b"surrogate-key"})
+
+
+def targeted_directives(
+    fields: Mapping[bytes, list[bytes]], targeted_fields: Iterable[str]
+) -> dict[str, str | None] | None:
+    """The directives of the first targeted field in `targeted_fields` that is present, non-empty and a valid
+    Structured Fields Dictionary (RFC 9213 section 2.1), shaped like `parse_cache_control`'s result; None
+    when none applies and Cache-Control governs. A directive with an argument of the wrong type is dropped."""
+    for name in targeted_fields:
+        lines = fields.get(name.lower().encode("latin-1"))
+        if not lines or not any(line.strip(b" \t") for line in lines):
+            continue
+        dictionary = parse_dictionary(lines)
+        if dictionary is None:
+            continue  # RFC 9213 section 2.1: an invalid field is ignored as a whole
+        directives: dict[str, str | None] = {}
+        for directive, item in dictionary.items():
+            value = item.value
+            if directive in _SECONDS:
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    directives[directive] = str(value)
+            elif value is not False:
+                directives[directive] = None  # boolean directives; qualified forms count as the bare one
+        return directives
+    return None
+
+
+def client_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+    targeted_fields: Iterable[str] = (),
+    forward_targeted: bool = False,
+) -> list[tuple[bytes, bytes]]:
+    """The response fields a client gets: never the app's tag headers, and the targeted fields only when
+    `forward_targeted` (RFC 9213 section 2.1 lets a cache forward or drop them; this one drops by default)."""
+    hidden = set(_HIDDEN_FROM_CLIENTS)
+    if not forward_targeted:
+        hidden |= {name.lower().encode("latin-1") for name in targeted_fields}
+    return [(name, value) for name, value in headers if name.lower() not in hidden]
