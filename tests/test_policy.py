@@ -1,0 +1,265 @@
+"""The HTTP rules as pure functions, each against its RFC's wording (no Redis, no app)."""
+
+from __future__ import annotations
+
+import calendar
+
+import pytest
+
+from redis_cache_middleware import CacheRule
+from redis_cache_middleware.entry import MUST_REVALIDATE
+from redis_cache_middleware.httpdate import format_http_date, parse_http_date
+from redis_cache_middleware.invalidation import invalidates, invalidation_targets, is_unsafe
+from redis_cache_middleware.negotiation import normalise_vary_value
+from redis_cache_middleware.policy import (
+    age_value,
+    corrected_initial_age,
+    date_to_add,
+    delta_seconds,
+    storage,
+    stored_headers,
+)
+from redis_cache_middleware.ranges import (
+    UNSATISFIABLE,
+    if_range_allows,
+    parse_range,
+    partial_response,
+    unsatisfiable_response,
+)
+from redis_cache_middleware.structured import Item, parse_dictionary
+from redis_cache_middleware.targeted import DEFAULT_TARGETED_FIELDS, client_headers, targeted_directives
+
+SUNDAY = float(calendar.timegm((1994, 11, 6, 8, 49, 37)))  # RFC 9110 section 5.6.7's example instant
+NOW_2026 = float(calendar.timegm((2026, 6, 1, 0, 0, 0)))
+ORIGIN = CacheRule("/x", ttl=3600, honor_origin=True, stale_while_revalidate=60, stale_if_error=120)
+TTL_MODE = CacheRule("/x", ttl=100, stale_while_revalidate=60, stale_if_error=120)
+
+
+# RFC 9110 section 5.6.7: HTTP-date --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"Sun, 06 Nov 1994 08:49:37 GMT", SUNDAY),  # IMF-fixdate
+        (b"Sunday, 06-Nov-94 08:49:37 GMT", SUNDAY),  # obsolete RFC 850 format
+        (b"Sun Nov  6 08:49:37 1994", SUNDAY),  # ANSI C asctime() format
+        (b"Sun Nov 06 08:49:37 1994", SUNDAY),  # asctime's date3 also allows 2DIGIT
+        (b"  Sun, 06 Nov 1994 08:49:37 GMT\t", SUNDAY),  # optional whitespace around a field value
+        (b"Thu, 29 Feb 2024 00:00:00 GMT", float(calendar.timegm((2024, 2, 29, 0, 0, 0)))),
+        (b"Wed, 31 Dec 2008 23:59:60 GMT", float(calendar.timegm((2009, 1, 1, 0, 0, 0)))),  # leap second
+        (b"Monday, 01-Jun-76 00:00:00 GMT", float(calendar.timegm((2076, 6, 1, 0, 0, 0)))),  # 50 years ahead
+        (b"Tuesday, 01-Jun-77 00:00:00 GMT", float(calendar.timegm((1977, 6, 1, 0, 0, 0)))),  # more: the past
+    ],
+)
+def test_http_date_accepts_the_three_formats(value: bytes, expected: float) -> None:
+    assert parse_http_date(value, now=NOW_2026) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"0",
+        b"-1",
+        b"",
+        b"Sun, 06 Nov 94 08:49:37 GMT",  # 2-digit year outside RFC 850
+        b"Sun Nov  6 08:49:37 94",
+        b"Sun, 06 Nov 1994 08:49:37 UTC",  # zones other than GMT
+        b"Sun, 06 Nov 1994 08:49:37 +0000",
+        b"Sun, 06 Nov 1994 08:49:37 gmt",  # HTTP-date is case-sensitive
+        b"sun, 06 nov 1994 08:49:37 GMT",
+        b"Sun, 06 Nov 1994 08:49:37",  # no zone
+        b"Sun 06 Nov 1994 08:49:37 GMT",  # missing comma
+        b"Sun,  06 Nov 1994 08:49:37 GMT",  # extra spaces
+        b"Sun, 06 Nov 1994  08:49:37 GMT",
+        b"Sun Nov 6 08:49:37 1994",  # asctime's one-digit day needs its leading space
+        b"Sun, 06-Nov-1994 08:49:37 GMT",  # dashes
+        b"Sun, 06 Nov 1994 08.49.37 GMT",  # dots for colons
+        b"Sun, 06 Nov 1994 8:49:37 GMT",  # one-digit hour
+        b"Sun, 6 Nov 1994 08:49:37 GMT",  # one-digit day
+        b"Sun, 06 Nov\r\n 1994 08:49:37 GMT",  # folded over lines
+        b"Sun, 06 Nov\n 1994 08:49:37 GMT",
+        b"Sun, 32 Jan 1994 08:49:37 GMT",  # invalid days and months
+        b"Tue, 29 Feb 1995 08:49:37 GMT",
+        b"Sun, 00 Nov 1994 08:49:37 GMT",
+        b"Sun, 06 Foo 1994 08:49:37 GMT",
+        b"Xyz, 06 Nov 1994 08:49:37 GMT",
+        b"Sun, 06 Nov 0000 08:49:37 GMT",
+        b"Sun, 06 Nov 1994 24:00:00 GMT",  # out-of-range fields
+        b"Sun, 06 Nov 1994 08:60:37 GMT",
+        b"Sun, 06 Nov 1994 08:49:61 GMT",
+        b"Sun, 06-Nov-94 08:49:37 GMT",  # RFC 850 needs the long day name
+        b"Sunday, 06 Nov 1994 08:49:37 GMT",
+        b"Sun, 06 Nov 1994 08:49:37 GMT, Mon, 07 Nov 1994 08:49:37 GMT",  # two dates
+        b"Sun, \xd9\xa06 Nov 1994 08:49:37 GMT",  # non-ASCII digits
+    ],
+)
+def test_http_date_rejects_everything_else(value: bytes) -> None:
+    assert parse_http_date(value) is None
+
+
+def test_http_date_round_trips_imf_fixdate() -> None:
+    assert format_http_date(SUNDAY) == b"Sun, 06 Nov 1994 08:49:37 GMT"
+    assert parse_http_date(format_http_date(NOW_2026 + 0.7)) == NOW_2026
+
+
+@pytest.mark.parametrize("expires", [b"0", b"Sun, 06 Nov 94 08:49:37 GMT", b"Sun, 06 Nov 2094 08:49:37 UTC"])
+def test_invalid_expires_means_already_expired(expires: bytes) -> None:
+    """RFC 9111 section 5.3: a cache recipient MUST interpret invalid date formats as in the past."""
+    headers = [(b"date", format_http_date(NOW_2026)), (b"expires", expires)]
+    assert storage(ORIGIN, 200, headers, NOW_2026).reason == "stale"
+    validated = storage(ORIGIN, 200, [*headers, (b"etag", b'"v"')], NOW_2026)
+    assert validated.reason is None and validated.ttl == 0.0
+
+
+def test_valid_expires_gives_its_lifetime_even_without_date() -> None:
+    expires = (b"expires", format_http_date(NOW_2026 + 30))
+    assert storage(ORIGIN, 200, [(b"date", format_http_date(NOW_2026)), expires], NOW_2026 + 5).ttl == 30
+    assert storage(ORIGIN, 200, [expires], NOW_2026).ttl == 30  # RFC 9110 6.6.1: Date is the receipt time
+
+
+# RFC 9111 sections 1.2.2, 5.1 and 4.2.3: Age ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([b"7200, 0"], 7200),
+        ([b"0, 7200"], 0),
+        ([b"7200", b"0"], 7200),  # several field lines: still the first member
+        ([b" 30 "], 30),
+        ([b"abc"], None),
+        ([b"-1"], None),
+        ([b"1.5"], None),
+        ([b"\xb2"], None),  # a Latin-1 superscript two is not a digit here
+        ([b""], None),
+        ([], None),
+        ([b"99999999999999999999"], 2**31),  # too large to represent: 2^31
+    ],
+)
+def test_age_value_is_the_first_member_or_ignored(values: list[bytes], expected: int | None) -> None:
+    assert age_value(values) == expected
+
+
+@pytest.mark.parametrize(("age", "reason"), [(b"7200, 0", "stale"), (b"0, 7200", None), (b"x", None)])
+def test_first_age_member_decides_freshness(age: bytes, reason: str | None) -> None:
+    result = storage(ORIGIN, 200, [(b"cache-control", b"max-age=3600"), (b"age", age)], NOW_2026)
+    assert result.reason == reason
+    if reason is None:
+        assert result.initial_age == 0.0
+
+
+def test_malformed_delta_seconds_never_raise() -> None:
+    assert [delta_seconds(v) for v in ("\xb2", "", "٣", "12", None)] == [None, None, None, 12, None]
+    assert storage(ORIGIN, 200, [(b"cache-control", b"max-age=\xb2")], NOW_2026).reason == "stale"
+
+
+def test_corrected_initial_age_follows_section_4_2_3() -> None:
+    assert corrected_initial_age(30, None, 100.0, 103.0) == 33.0  # age_value + response_delay
+    assert corrected_initial_age(0, 50.0, 100.0, 100.0) == 50.0  # apparent_age wins
+    assert corrected_initial_age(None, 200.0, 100.0, 101.0) == 1.0  # a Date ahead of the clock: delay only
+    assert corrected_initial_age(10, 95.0, 99.0, 100.0) == 11.0
+
+
+def test_storage_counts_the_response_delay_when_given_the_request_time() -> None:
+    headers = [(b"cache-control", b"max-age=60"), (b"age", b"30")]
+    assert storage(ORIGIN, 200, headers, NOW_2026, NOW_2026 - 3).initial_age == 33.0
+    assert storage(ORIGIN, 200, headers, NOW_2026).initial_age == 30.0  # no request time: no delay
+    assert storage(ORIGIN, 200, headers, NOW_2026, NOW_2026 - 31).reason == "stale"
+
+
+# RFC 8941 section 4.2.2 and RFC 9213: targeted cache control ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([b"max-age=60"], {"max-age": Item(60, {})}),
+        ([b"max-age=60, no-store"], {"max-age": Item(60, {}), "no-store": Item(True, {})}),
+        ([b"max-age=60", b"private"], {"max-age": Item(60, {}), "private": Item(True, {})}),
+        ([b'a="x\\"y";p=?0, b=:aGk=:'], {"a": Item('x"y', {"p": False}), "b": Item(b"hi", {})}),
+        ([b"a=(1 2.5 tok)"], {"a": Item((Item(1, {}), Item(2.5, {}), Item("tok", {})), {})}),
+        ([b""], {}),
+    ],
+)
+def test_structured_dictionary_parses(lines: list[bytes], expected: dict[str, Item]) -> None:
+    assert parse_dictionary(lines) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"max-age=6 0", b"Max-Age=60", b"max-age=60,", b"max-age=60,,no-store", b'a="unterminated', b"a=1.2345",
+     b"a=1234567890123456", b"a=?2", b"a=:!!:", b"a=(1 2", b"=1", b"max-age=60;", b"a=\xc3\xa9"],
+)  # fmt: skip
+def test_structured_dictionary_rejects_bad_syntax(value: bytes) -> None:
+    assert parse_dictionary([value]) is None
+
+
+def test_targeted_field_replaces_cache_control_for_this_cache() -> None:
+    cdn = DEFAULT_TARGETED_FIELDS
+    override = [(b"cache-control", b"no-store"), (b"cdn-cache-control", b"max-age=30")]
+    assert storage(ORIGIN, 200, override, NOW_2026, targeted_fields=cdn).ttl == 30
+    assert storage(ORIGIN, 200, override, NOW_2026).reason == "no-store"  # default: today's behaviour
+    forbid = [(b"cache-control", b"max-age=100"), (b"cdn-cache-control", b"no-store")]
+    assert storage(ORIGIN, 200, forbid, NOW_2026, targeted_fields=cdn).reason == "no-store"
+    private = [(b"cache-control", b"max-age=100"), (b"cdn-cache-control", b"private, max-age=5")]
+    assert storage(ORIGIN, 200, private, NOW_2026, targeted_fields=cdn).reason == "private"
+    strict = [(b"cdn-cache-control", b"max-age=5, must-revalidate"), (b"etag", b'"v"')]
+    assert storage(ORIGIN, 200, strict, NOW_2026, targeted_fields=cdn).flags & MUST_REVALIDATE
+    shared = [(b"cache-control", b"max-age=1"), (b"cdn-cache-control", b"s-maxage=7, max-age=100")]
+    assert storage(ORIGIN, 200, shared, NOW_2026, targeted_fields=cdn).ttl == 7
+    no_cache = [(b"cache-control", b"max-age=100"), (b"cdn-cache-control", b"no-cache"), (b"etag", b'"v"')]
+    assert storage(ORIGIN, 200, no_cache, NOW_2026, targeted_fields=cdn).ttl == 0
+
+
+def test_invalid_targeted_field_is_ignored_as_a_whole() -> None:
+    headers = [(b"cache-control", b"max-age=100"), (b"cdn-cache-control", b"no-store,,max-age=1")]
+    assert storage(ORIGIN, 200, headers, NOW_2026, targeted_fields=DEFAULT_TARGETED_FIELDS).ttl == 100
+
+
+def test_first_present_and_valid_targeted_field_wins() -> None:
+    fields = ("redis-cache-control", "cdn-cache-control")
+    both = {b"redis-cache-control": [b"max-age=5"], b"cdn-cache-control": [b"max-age=50"]}
+    assert targeted_directives(both, fields) == {"max-age": "5"}
+    broken_first = {b"redis-cache-control": [b"max-age=5;"], b"cdn-cache-control": [b"max-age=50"]}
+    assert targeted_directives(broken_first, fields) == {"max-age": "50"}
+    assert targeted_directives({b"cdn-cache-control": [b"max-age=50"]}, fields) == {"max-age": "50"}
+    assert targeted_directives({b"cache-control": [b"max-age=50"]}, fields) is None
+    wrong_types = {b"cdn-cache-control": [b'max-age="5", no-store=?0, private']}
+    assert targeted_directives(wrong_types, fields) == {"private": None}
+
+
+def test_targeted_fields_are_not_sent_to_clients_unless_configured() -> None:
+    headers = [(b"CDN-Cache-Control", b"max-age=5"), (b"cache-tag", b"a"), (b"cache-control", b"max-age=1")]
+    assert client_headers(headers, DEFAULT_TARGETED_FIELDS) == [(b"cache-control", b"max-age=1")]
+    assert client_headers(headers, DEFAULT_TARGETED_FIELDS, forward_targeted=True) == [
+        (b"CDN-Cache-Control", b"max-age=5"),
+        (b"cache-control", b"max-age=1"),
+    ]
+
+
+# RFC 5861: the origin's stale windows -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "windows"),
+    [
+        (b"max-age=10, stale-while-revalidate=30, stale-if-error=500", (30.0, 120.0)),  # rule bounds them
+        (b"max-age=10, stale-while-revalidate=0", (0.0, 120.0)),
+        (b"max-age=10", (60.0, 120.0)),  # the origin is silent: the rule's values
+        (b"max-age=10, stale-if-error=x", (60.0, 120.0)),
+        (b"max-age=10, stale-while-revalidate=30, must-revalidate", (0.0, 0.0)),
+        (b"s-maxage=10, stale-while-revalidate=30", (0.0, 0.0)),  # s-maxage implies proxy-revalidate
+    ],
+)
+def test_origin_stale_windows(cache_control: bytes, windows: tuple[float, float]) -> None:
+    result = storage(ORIGIN, 200, [(b"cache-control", cache_control)], NOW_2026)
+    assert (result.stale_while_revalidate, result.stale_if_error) == windows
+
+
+def test_stale_windows_from_targeted_field_and_in_ttl_mode() -> None:
+    headers = [(b"cache-control", b"max-age=1"), (b"cdn-cache-control", b"max-age=9, stale-if-error=7")]
+    result = storage(ORIGIN, 200, headers, NOW_2026, targeted_fields=DEFAULT_TARGETED_FIELDS)
+    assert (result.ttl, result.stale_while_revalidate, result.stale_if_error) == (9, 60.0, 7.0)
+    ttl_mode = storage(TTL_MODE, 200, [(b"cache-control", b"stale-if-error=7")], NOW_2026)
+    assert (ttl_mode.stale_while_revalidate, ttl_mode.stale_if_error) == (60.0, 120.0)
