@@ -263,3 +263,202 @@ def test_stale_windows_from_targeted_field_and_in_ttl_mode() -> None:
     assert (result.ttl, result.stale_while_revalidate, result.stale_if_error) == (9, 60.0, 7.0)
     ttl_mode = storage(TTL_MODE, 200, [(b"cache-control", b"stale-if-error=7")], NOW_2026)
     assert (ttl_mode.stale_while_revalidate, ttl_mode.stale_if_error) == (60.0, 120.0)
+
+
+# RFC 9110 section 14: ranges from a stored complete response ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (b"bytes=0-4", [(0, 4)]),  # first-last
+        (b"bytes=5-", [(5, 9)]),  # first-
+        (b"bytes=-3", [(7, 9)]),  # suffix
+        (b"bytes=-30", [(0, 9)]),  # a suffix longer than the body is the whole body
+        (b"bytes=8-30", [(8, 9)]),  # last-pos beyond the end is the end
+        (b"Bytes=0-0", [(0, 0)]),  # range units are case-insensitive
+        (b"bytes=0-1, 1-3,8-9", [(0, 3), (8, 9)]),  # overlapping coalesced, sorted
+        (b"bytes=8-9,0-1", [(0, 1), (8, 9)]),
+        (b"bytes=0-1,2-3", [(0, 3)]),  # adjacent coalesced
+        (b"bytes=0-1,20-30", [(0, 1)]),  # the unsatisfiable one is left out
+        (b"bytes=20-", UNSATISFIABLE),
+        (b"bytes=10-10", UNSATISFIABLE),
+        (b"bytes=-0", UNSATISFIABLE),
+        (b"bytes=5-1", None),  # last-pos < first-pos: invalid, ignored
+        (b"items=0-1", None),
+        (b"bytes=", None),
+        (b"bytes=-", None),
+        (b"bytes=a-b", None),
+        (b"bytes=1-2-3", None),
+        (b"bytes 0-1", None),
+        (b"bytes=" + b",".join(b"%d-%d" % (i, i) for i in range(17)), None),  # too many ranges
+    ],
+)
+def test_parse_range(header: bytes, expected: object) -> None:
+    assert parse_range(header, 10) == expected
+
+
+def test_an_empty_representation_ignores_range() -> None:
+    assert parse_range(b"bytes=0-1", 0) is None
+
+
+def test_partial_response_single_range() -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"10"), (b"etag", b'"v"')]
+    status, sent, body = partial_response(200, headers, b"0123456789", [(2, 4)])
+    assert (status, body) == (206, b"234")
+    assert sent == [
+        (b"content-type", b"text/plain"),
+        (b"etag", b'"v"'),
+        (b"content-range", b"bytes 2-4/10"),
+        (b"content-length", b"3"),
+    ]
+
+
+def test_partial_response_multipart_byteranges() -> None:
+    status, sent, body = partial_response(
+        200, [(b"content-type", b"text/plain")], b"0123456789", [(0, 1), (8, 9)], boundary=b"SEP"
+    )
+    assert status == 206
+    assert dict(sent) == {
+        b"content-type": b"multipart/byteranges; boundary=SEP",
+        b"content-length": b"%d" % len(body),
+    }
+    assert body == (
+        b"--SEP\r\ncontent-type: text/plain\r\ncontent-range: bytes 0-1/10\r\n\r\n01\r\n"
+        b"--SEP\r\ncontent-type: text/plain\r\ncontent-range: bytes 8-9/10\r\n\r\n89\r\n--SEP--\r\n"
+    )
+    _, generated, multipart = partial_response(200, [], b"ab" * 50, [(0, 0), (9, 9)])
+    boundary = dict(generated)[b"content-type"].partition(b"boundary=")[2]
+    assert multipart.count(b"--" + boundary) == 3 and boundary not in b"ab" * 50
+
+
+def test_only_a_complete_response_is_cut_into_ranges() -> None:
+    with pytest.raises(ValueError, match="206"):
+        partial_response(206, [], b"0123", [(0, 1)])
+
+
+def test_unsatisfiable_response() -> None:
+    assert unsatisfiable_response(10) == (
+        416,
+        [(b"content-range", b"bytes */10"), (b"content-length", b"0")],
+        b"",
+    )
+
+
+OLD = format_http_date(NOW_2026 - 3600)
+DATE = format_http_date(NOW_2026)
+
+
+@pytest.mark.parametrize(
+    ("if_range", "etag", "last_modified", "date", "allowed"),
+    [
+        (b'"v1"', b'"v1"', b"", b"", True),  # strong comparison
+        (b'"v1"', b'"v2"', b"", b"", False),
+        (b'W/"v1"', b'W/"v1"', b"", b"", False),  # weak tags never match strongly
+        (b'"v1"', b'W/"v1"', b"", b"", False),
+        (b'W/"v1"', b'"v1"', b"", b"", False),
+        (b'"v1"', b"", OLD, DATE, False),
+        (OLD, b'"v1"', OLD, DATE, True),  # an exact date, strong: at least 60 s before Date
+        (OLD, b"", format_http_date(NOW_2026 - 3599), DATE, False),  # not exactly the same
+        (OLD, b"", OLD, format_http_date(NOW_2026 - 3570), False),  # only 30 s before Date: weak
+        (OLD, b"", OLD, b"", False),  # no Date: weak
+        (b"0", b"", OLD, DATE, False),  # neither an entity-tag nor a date
+    ],
+)
+def test_if_range(if_range: bytes, etag: bytes, last_modified: bytes, date: bytes, allowed: bool) -> None:
+    assert if_range_allows(if_range, etag, last_modified, date) is allowed
+
+
+# RFC 9110 section 12.5 / RFC 9111 section 4.1: Vary normalisation -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "one", "other"),
+    [
+        (b"accept-language", [b"en, fr"], [b"fr,en"]),
+        (b"accept-language", [b"en;q=1.0, fr"], [b"fr, EN"]),
+        (b"accept-language", [b"en-US ; q=0.5, fr"], [b"fr;q=1,en-us;q=0.500"]),
+        (b"Accept-Encoding", [b"gzip", b"br"], [b"br, gzip"]),
+        (b"accept-encoding", [b"gzip, gzip"], [b"gzip"]),
+        (b"accept", [b"text/html, application/json;q=0.9"], [b"application/json; q=0.90, TEXT/HTML"]),
+        (b"x-model", [b" v2 "], [b"v2"]),
+    ],
+)
+def test_equivalent_request_values_normalise_alike(name: bytes, one: list[bytes], other: list[bytes]) -> None:
+    assert normalise_vary_value(name, one) == normalise_vary_value(name, other)
+
+
+@pytest.mark.parametrize(
+    ("name", "one", "other"),
+    [
+        (b"accept-language", [b"en, fr;q=0.5"], [b"fr, en;q=0.5"]),  # q-values that change preference
+        (b"accept-language", [b"en"], [b"en;q=0"]),
+        (b"accept-encoding", [b"gzip"], [b"br"]),
+        (b"accept", [b'text/plain;format="Flowed"'], [b'text/plain;format="flowed"']),  # quoted: case kept
+        (b"x-model", [b"V2"], [b"v2"]),  # other fields: case matters
+        (b"x-model", [b"a, b"], [b"b, a"]),
+    ],
+)
+def test_different_preferences_stay_distinct(name: bytes, one: list[bytes], other: list[bytes]) -> None:
+    assert normalise_vary_value(name, one) != normalise_vary_value(name, other)
+
+
+def test_normalised_form_is_readable() -> None:
+    assert normalise_vary_value(b"accept-language", [b"FR ;q=0.8, en"]) == b"en,fr;q=0.8"
+
+
+# RFC 9111 section 4.4: invalidation after unsafe methods ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "unsafe"),
+    [("GET", False), ("HEAD", False), ("OPTIONS", False), ("TRACE", False), ("QUERY", False), ("POST", True),
+     ("PUT", True), ("PATCH", True), ("DELETE", True), ("M-SEARCH", True), ("get", True)],
+)  # fmt: skip
+def test_is_unsafe(method: str, unsafe: bool) -> None:
+    assert is_unsafe(method) is unsafe
+
+
+def test_only_non_error_responses_invalidate() -> None:
+    assert [invalidates("POST", status) for status in (200, 204, 303, 404, 500)] == [1, 1, 1, 0, 0]
+    assert not invalidates("GET", 200)
+
+
+def test_invalidation_targets_share_the_request_origin() -> None:
+    headers = [
+        (b"Location", b"/items/2?x=1#frag"),
+        (b"content-location", b"http://EXAMPLE.com:80/a"),
+        (b"location", b"http://other.example/b"),  # another host: never
+        (b"location", b"https://example.com/c"),  # another scheme: another origin
+        (b"location", b"http://example.com:8080/d"),  # another port: another origin
+        (b"location", b"rel"),
+        (b"location", b"http://example.com:99999/e"),  # not a URL: skipped
+        (b"etag", b'"/f"'),
+        (b"content-location", b"/items/2?x=1"),  # named twice, listed once
+    ]
+    assert invalidation_targets(b"example.com", "http", headers, "/items/1") == [
+        "/items/2?x=1",
+        "/a",
+        "/items/rel",
+    ]
+    assert invalidation_targets(b"bad host:x", "http", headers) == []
+
+
+# RFC 9110 section 6.6.1: Date ------------------------------------------------------------------------------
+
+
+def test_stored_date_is_kept_as_sent_and_never_repeated() -> None:
+    headers = [(b"Date", b"Sun, 06 Nov 1994 08:49:37 GMT"), (b"content-type", b"text/plain")]
+    assert stored_headers(headers) == headers
+    assert stored_headers(headers, received=NOW_2026) == headers
+    assert stored_headers([(b"date", b"garbage")], received=NOW_2026) == [(b"date", b"garbage")]
+    assert date_to_add(headers, NOW_2026) is None
+
+
+def test_a_response_without_date_gains_one_for_its_receipt() -> None:
+    assert stored_headers([(b"content-type", b"text/plain")], received=NOW_2026) == [
+        (b"content-type", b"text/plain"),
+        (b"date", b"Mon, 01 Jun 2026 00:00:00 GMT"),
+    ]
+    assert stored_headers([(b"content-type", b"text/plain")]) == [(b"content-type", b"text/plain")]
+    assert date_to_add([], NOW_2026) == (b"date", b"Mon, 01 Jun 2026 00:00:00 GMT")
