@@ -283,6 +283,17 @@ def without_tag_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in headers if name.lower() not in TAG_HEADERS]
 
 
+def client_headers(
+    headers: RawHeaders, targeted_fields: Iterable[str] = (), forward_targeted: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """The response fields a client gets: never the app's tag headers, and the targeted fields only when
+    `forward_targeted` (RFC 9213 section 2.1 lets a cache forward or drop them; this one drops by default)."""
+    hidden = TAG_HEADERS
+    if not forward_targeted:
+        hidden = hidden | {name.lower().encode("latin-1") for name in targeted_fields}
+    return [(name, value) for name, value in headers if name.lower() not in hidden]
+
+
 def stored_headers(headers: RawHeaders, received: float | None = None) -> list[tuple[bytes, bytes]]:
     """The response fields worth keeping with a stored entry, in order and unchanged (Date included); with
     `received`, a response without Date gains one for that time (RFC 9110 section 6.6.1)."""

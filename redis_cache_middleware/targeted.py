@@ -10,7 +10,6 @@ from .structured import parse_dictionary
 DEFAULT_TARGETED_FIELDS = ("cdn-cache-control",)
 # Directives whose argument is a delta-seconds: an sf-integer in a targeted field (RFC 9213 section 2.1).
 _SECONDS = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
-_HIDDEN_FROM_CLIENTS = frozenset({b"cache-tag", b"surrogate-key"})
 
 
 def targeted_directives(
@@ -36,16 +35,3 @@ def targeted_directives(
                 directives[directive] = None  # boolean directives; qualified forms count as the bare one
         return directives
     return None
-
-
-def client_headers(
-    headers: Iterable[tuple[bytes, bytes]],
-    targeted_fields: Iterable[str] = (),
-    forward_targeted: bool = False,
-) -> list[tuple[bytes, bytes]]:
-    """The response fields a client gets: never the app's tag headers, and the targeted fields only when
-    `forward_targeted` (RFC 9213 section 2.1 lets a cache forward or drop them; this one drops by default)."""
-    hidden = set(_HIDDEN_FROM_CLIENTS)
-    if not forward_targeted:
-        hidden |= {name.lower().encode("latin-1") for name in targeted_fields}
-    return [(name, value) for name, value in headers if name.lower() not in hidden]

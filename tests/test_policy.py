@@ -13,6 +13,7 @@ from redis_cache_middleware.invalidation import invalidates, invalidation_target
 from redis_cache_middleware.negotiation import normalise_vary_value
 from redis_cache_middleware.policy import (
     age_value,
+    client_headers,
     corrected_initial_age,
     date_to_add,
     delta_seconds,
@@ -27,7 +28,7 @@ from redis_cache_middleware.ranges import (
     unsatisfiable_response,
 )
 from redis_cache_middleware.structured import Item, parse_dictionary
-from redis_cache_middleware.targeted import DEFAULT_TARGETED_FIELDS, client_headers, targeted_directives
+from redis_cache_middleware.targeted import DEFAULT_TARGETED_FIELDS, targeted_directives
 
 SUNDAY = float(calendar.timegm((1994, 11, 6, 8, 49, 37)))  # RFC 9110 section 5.6.7's example instant
 NOW_2026 = float(calendar.timegm((2026, 6, 1, 0, 0, 0)))
