@@ -120,7 +120,8 @@ class _Parser:
                 raise _Invalid("byte sequence")
             self.pos = encoded.end()
             try:
-                return base64.b64decode(encoded[1], validate=True)
+                data = encoded[1]  # section 4.2.7: missing "=" padding is tolerated
+                return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
             except binascii.Error as error:
                 raise _Invalid("byte sequence") from error
         if char == "-" or char.isdigit():

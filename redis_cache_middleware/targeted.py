@@ -17,7 +17,8 @@ def targeted_directives(
 ) -> dict[str, str | None] | None:
     """The directives of the first targeted field in `targeted_fields` that is present, non-empty and a valid
     Structured Fields Dictionary (RFC 9213 section 2.1), shaped like `parse_cache_control`'s result; None
-    when none applies and Cache-Control governs. A directive with an argument of the wrong type is dropped."""
+    when none applies and Cache-Control governs. A seconds directive that is not a non-negative sf-integer is
+    kept with the invalid argument "" (RFC 9111 section 4.2.1: invalid freshness information is stale)."""
     for name in targeted_fields:
         lines = fields.get(name.lower().encode("latin-1"))
         if not lines or not any(line.strip(b" \t") for line in lines):
@@ -29,8 +30,8 @@ def targeted_directives(
         for directive, item in dictionary.items():
             value = item.value
             if directive in _SECONDS:
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                    directives[directive] = str(value)
+                valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                directives[directive] = str(value) if valid else ""  # "" : present but invalid
             elif value is not False:
                 directives[directive] = None  # boolean directives; qualified forms count as the bare one
         return directives

@@ -180,6 +180,7 @@ def test_storage_counts_the_response_delay_when_given_the_request_time() -> None
         ([b"max-age=60", b"private"], {"max-age": Item(60, {}), "private": Item(True, {})}),
         ([b'a="x\\"y";p=?0, b=:aGk=:'], {"a": Item('x"y', {"p": False}), "b": Item(b"hi", {})}),
         ([b"a=(1 2.5 tok)"], {"a": Item((Item(1, {}), Item(2.5, {}), Item("tok", {})), {})}),
+        ([b"a=:aGk:"], {"a": Item(b"hi", {})}),  # unpadded base64 is tolerated
         ([b""], {}),
     ],
 )
@@ -227,7 +228,9 @@ def test_first_present_and_valid_targeted_field_wins() -> None:
     assert targeted_directives({b"cdn-cache-control": [b"max-age=50"]}, fields) == {"max-age": "50"}
     assert targeted_directives({b"cache-control": [b"max-age=50"]}, fields) is None
     wrong_types = {b"cdn-cache-control": [b'max-age="5", no-store=?0, private']}
-    assert targeted_directives(wrong_types, fields) == {"private": None}
+    assert targeted_directives(wrong_types, fields) == {"max-age": "", "private": None}
+    decimal = [(b"cache-control", b"max-age=100"), (b"cdn-cache-control", b"max-age=5.5")]
+    assert storage(ORIGIN, 200, decimal, NOW_2026, targeted_fields=fields).reason == "stale"
 
 
 def test_targeted_fields_are_not_sent_to_clients_unless_configured() -> None:
