@@ -44,6 +44,9 @@ NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
 )
 BODYLESS_STATUSES = frozenset({204, 304})
+# Section 3.3 / RFC 9110 section 14: a part of a response, or a 304, is never an entry of its own, whatever
+# the rule's statuses say (ranges are answered from stored complete responses instead).
+NEVER_STORED_STATUSES = frozenset({206, 304})
 HEURISTIC_FRACTION = 0.1
 MAX_DELTA_SECONDS = 2**31  # section 1.2.2: the value of any delta-seconds too large to represent
 
@@ -127,6 +130,8 @@ def storage(
     `targeted_fields` replaces Cache-Control (RFC 9213 section 2.1). `vary` lists the Vary fields the rule
     does not already key; the stale windows are the rule's, bounded by the response's (RFC 5861)."""
     fields = headers_map(headers)
+    if status in NEVER_STORED_STATUSES:
+        return Storage("partial" if status == 206 else "not-modified")
     if status not in rule.status_set:
         return Storage("status")
     if b"set-cookie" in fields:

@@ -466,3 +466,10 @@ def test_a_response_without_date_gains_one_for_its_receipt() -> None:
     ]
     assert stored_headers([(b"content-type", b"text/plain")]) == [(b"content-type", b"text/plain")]
     assert date_to_add([], NOW_2026) == (b"date", b"Mon, 01 Jun 2026 00:00:00 GMT")
+
+
+@pytest.mark.parametrize(("status", "reason"), [(206, "partial"), (304, "not-modified")])
+def test_partial_and_not_modified_responses_are_never_stored(status: int, reason: str) -> None:
+    rule = CacheRule("/x", ttl=60, statuses=(200, 206, 304))
+    assert storage(rule, status, [(b"cache-control", b"max-age=60")], NOW_2026).reason == reason
+    assert storage(rule, 200, [(b"cache-control", b"max-age=60")], NOW_2026).reason is None
