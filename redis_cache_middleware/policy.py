@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from hashlib import blake2b
 
 from .entry import MUST_REVALIDATE, REVALIDATABLE
+from .httpdate import format_http_date, parse_http_date
 from .rules import CacheRule
+from .targeted import targeted_directives
 
 RawHeaders = Iterable[tuple[bytes, bytes]]
 HeaderMap = dict[bytes, list[bytes]]
@@ -43,7 +44,11 @@ NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
 )
 BODYLESS_STATUSES = frozenset({204, 304})
+# Section 3.3 / RFC 9110 section 14: a part of a response, or a 304, is never an entry of its own, whatever
+# the rule's statuses say (ranges are answered from stored complete responses instead).
+NEVER_STORED_STATUSES = frozenset({206, 304})
 HEURISTIC_FRACTION = 0.1
+MAX_DELTA_SECONDS = 2**31  # section 1.2.2: the value of any delta-seconds too large to represent
 
 
 def headers_map(headers: RawHeaders) -> HeaderMap:
@@ -66,21 +71,29 @@ def parse_cache_control(values: Iterable[bytes]) -> dict[str, str | None]:
 
 
 def delta_seconds(value: str | None) -> int | None:
-    """A delta-seconds argument (section 1.2.2), or None when missing or malformed."""
-    if value is None or not value.isdigit():
+    """A delta-seconds argument (section 1.2.2: ASCII digits, at most 2**31), or None when missing or
+    malformed."""
+    if value is None or not value or not value.isascii() or not value.isdigit():
         return None
-    return int(value)
+    return min(int(value), MAX_DELTA_SECONDS)
 
 
-def parse_http_date(value: bytes) -> float | None:
-    """An HTTP-date (RFC 9110 section 5.6.7) as a Unix time, or None when invalid."""
-    try:
-        parsed = parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed.timestamp()
+def age_value(values: Iterable[bytes]) -> int | None:
+    """The Age field's value (section 5.1): the first member of a list counts; None when absent or invalid
+    (the field is then ignored)."""
+    for value in values:
+        return delta_seconds(value.split(b",")[0].strip(b" \t").decode("latin-1"))
+    return None
+
+
+def corrected_initial_age(
+    age: int | None, date: float | None, request_time: float, response_time: float
+) -> float:
+    """Section 4.2.3: max(apparent_age, corrected_age_value), where apparent_age = max(0, response_time -
+    date_value) and corrected_age_value = age_value + (response_time - request_time)."""
+    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    response_delay = max(0.0, response_time - request_time)
+    return max(apparent_age, (age or 0) + response_delay)
 
 
 def strong_etag(body: bytes) -> bytes:
@@ -99,12 +112,26 @@ class Storage:
     etag: bytes = b""
     last_modified: bytes = b""
     vary: tuple[bytes, ...] = ()
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
 
 
-def storage(rule: CacheRule, status: int, headers: RawHeaders, now: float) -> Storage:
-    """Whether and for how long a response may be stored under `rule` (section 3; section 4.2 with
-    `honor_origin`). `vary` lists the Vary fields the rule does not already key."""
+def storage(
+    rule: CacheRule,
+    status: int,
+    headers: RawHeaders,
+    now: float,
+    requested: float | None = None,
+    *,
+    targeted_fields: Iterable[str] = (),
+) -> Storage:
+    """Whether and for how long a response received at `now` to a request forwarded at `requested` (default
+    `now`) may be stored under `rule` (section 3; section 4.2 with `honor_origin`). The first valid field of
+    `targeted_fields` replaces Cache-Control (RFC 9213 section 2.1). `vary` lists the Vary fields the rule
+    does not already key; the stale windows are the rule's, bounded by the response's (RFC 5861)."""
     fields = headers_map(headers)
+    if status in NEVER_STORED_STATUSES:
+        return Storage("partial" if status == 206 else "not-modified")
     if status not in rule.status_set:
         return Storage("status")
     if b"set-cookie" in fields:
@@ -115,7 +142,9 @@ def storage(rule: CacheRule, status: int, headers: RawHeaders, now: float) -> St
     if vary is None:
         return Storage("vary")
     vary = tuple(name for name in vary if name not in rule.vary_names)
-    directives = parse_cache_control(fields.get(b"cache-control", ()))
+    directives = targeted_directives(fields, targeted_fields)
+    if directives is None:
+        directives = parse_cache_control(fields.get(b"cache-control", ()))
     if "no-store" in directives:
         return Storage("no-store")
     if "private" in directives:
@@ -126,26 +155,49 @@ def storage(rule: CacheRule, status: int, headers: RawHeaders, now: float) -> St
     if not rule.honor_origin:
         if "no-cache" in directives:
             return Storage("no-cache")
-        return Storage(None, float(rule.ttl), 0.0, flags, etag, last_modified, vary)
+        windows = _stale_windows(rule, directives, flags, honor_origin=False)
+        return Storage(None, float(rule.ttl), 0.0, flags, etag, last_modified, vary, *windows)
 
-    lifetime = freshness_lifetime(status, fields, directives)
+    lifetime = freshness_lifetime(status, fields, directives, now)
     if lifetime is None:
         return Storage("not-cacheable")
     if "s-maxage" in directives:
         flags |= MUST_REVALIDATE  # section 5.2.2.10: s-maxage also means proxy-revalidate
     if "no-cache" in directives:
         lifetime, flags = 0.0, flags | MUST_REVALIDATE
-    age = initial_age(fields, now)
+    age = initial_age(fields, now, requested)
     if etag or last_modified:
         flags |= REVALIDATABLE
     elif lifetime <= age:
         return Storage("stale")  # stale on arrival, and nothing to revalidate it with
-    return Storage(None, min(lifetime, float(rule.ttl)), age, flags, etag, last_modified, vary)
+    windows = _stale_windows(rule, directives, flags, honor_origin=True)
+    return Storage(None, min(lifetime, float(rule.ttl)), age, flags, etag, last_modified, vary, *windows)
 
 
-def freshness_lifetime(status: int, fields: HeaderMap, directives: dict[str, str | None]) -> float | None:
+def _stale_windows(
+    rule: CacheRule, directives: dict[str, str | None], flags: int, honor_origin: bool
+) -> tuple[float, float]:
+    """RFC 5861 sections 3 and 4: seconds past expiry a stale entry may be served while revalidating and on
+    error; the rule's values, bounded by the response's own directives with `honor_origin`; none when the
+    response must be revalidated (RFC 9111 sections 5.2.2.2, 5.2.2.8 and 5.2.2.10)."""
+    if flags & MUST_REVALIDATE:
+        return 0.0, 0.0
+    windows = []
+    for directive, limit in (
+        ("stale-while-revalidate", rule.stale_while_revalidate),
+        ("stale-if-error", rule.stale_if_error),
+    ):
+        seconds = delta_seconds(directives.get(directive)) if honor_origin else None
+        windows.append(float(limit) if seconds is None else min(float(seconds), float(limit)))
+    return windows[0], windows[1]
+
+
+def freshness_lifetime(
+    status: int, fields: HeaderMap, directives: dict[str, str | None], now: float | None = None
+) -> float | None:
     """Explicit lifetime (section 4.2.1: s-maxage, max-age, Expires - Date), else a heuristic one (section
-    4.2.2) where permitted; None when the response is neither explicitly nor heuristically cacheable."""
+    4.2.2) where permitted; None when the response is neither explicitly nor heuristically cacheable. A
+    missing or invalid Date is the receiving time `now` (RFC 9110 section 6.6.1), if given."""
     for directive in ("s-maxage", "max-age"):
         if directive in directives:
             seconds = delta_seconds(directives[directive])
@@ -154,23 +206,23 @@ def freshness_lifetime(status: int, fields: HeaderMap, directives: dict[str, str
         expires = parse_http_date(fields[b"expires"][0])
         if expires is None:
             return 0.0  # section 5.3: an invalid Expires means "already expired"
-        date = _date(fields)
+        date = _date(fields, now)
         return max(0.0, expires - date) if date is not None else 0.0
     if status not in HEURISTICALLY_CACHEABLE and "public" not in directives:
         return None
     last_modified = parse_http_date(_first(fields, b"last-modified"))
-    date = _date(fields)
+    date = _date(fields, now)
     if last_modified is None or date is None or last_modified > date:
         return 0.0
     return HEURISTIC_FRACTION * (date - last_modified)
 
 
-def initial_age(fields: HeaderMap, now: float) -> float:
-    """The age a response already had on arrival (section 4.2.3), with no request delay in-process."""
-    age = delta_seconds(_first(fields, b"age").decode("latin-1").strip() or None) or 0
-    date = _date(fields)
-    apparent = max(0.0, now - date) if date is not None else 0.0
-    return max(apparent, float(age))
+def initial_age(fields: HeaderMap, now: float, requested: float | None = None) -> float:
+    """The corrected initial age (section 4.2.3) of a response received at `now` to a request forwarded at
+    `requested` (default `now`: no response delay)."""
+    return corrected_initial_age(
+        age_value(fields.get(b"age", ())), _date(fields), now if requested is None else requested, now
+    )
 
 
 def vary_names(values: Iterable[bytes]) -> tuple[bytes, ...] | None:
@@ -236,9 +288,31 @@ def without_tag_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in headers if name.lower() not in TAG_HEADERS]
 
 
-def stored_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
-    """The response fields worth keeping with a stored entry."""
-    return [(name, value) for name, value in headers if name.lower() not in NOT_STORED]
+def client_headers(
+    headers: RawHeaders, targeted_fields: Iterable[str] = (), forward_targeted: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """The response fields a client gets: never the app's tag headers, and the targeted fields only when
+    `forward_targeted` (RFC 9213 section 2.1 lets a cache forward or drop them; this one drops by default)."""
+    hidden = TAG_HEADERS
+    if not forward_targeted:
+        hidden = hidden | {name.lower().encode("latin-1") for name in targeted_fields}
+    return [(name, value) for name, value in headers if name.lower() not in hidden]
+
+
+def stored_headers(headers: RawHeaders, received: float | None = None) -> list[tuple[bytes, bytes]]:
+    """The response fields worth keeping with a stored entry, in order and unchanged (Date included); with
+    `received`, a response without Date gains one for that time (RFC 9110 section 6.6.1)."""
+    kept = [(name, value) for name, value in headers if name.lower() not in NOT_STORED]
+    missing = date_to_add(kept, received) if received is not None else None
+    return kept if missing is None else [*kept, missing]
+
+
+def date_to_add(headers: RawHeaders, now: float) -> tuple[bytes, bytes] | None:
+    """RFC 9110 section 6.6.1: the Date field to append to a response that has none, else None (an existing
+    Date, even an invalid one, is never replaced or repeated)."""
+    if any(name.lower() == b"date" for name, _ in headers):
+        return None
+    return b"date", format_http_date(now)
 
 
 def cache_status(cache_name: str, *params: str) -> bytes:
@@ -255,8 +329,9 @@ def _first(fields: HeaderMap, name: bytes) -> bytes:
     return values[0] if values else b""
 
 
-def _date(fields: HeaderMap) -> float | None:
-    return parse_http_date(_first(fields, b"date")) if b"date" in fields else None
+def _date(fields: HeaderMap, default: float | None = None) -> float | None:
+    date = parse_http_date(_first(fields, b"date")) if b"date" in fields else None
+    return default if date is None else date
 
 
 def _over_limit(content_length: list[bytes] | None, limit: int) -> bool:

@@ -382,3 +382,57 @@ async def test_one_origin_rule_for_every_path(backend: RedisBackend, redis_clien
     assert uncacheable.headers["x-cache"] == "MISS"  # no freshness information, no validator
     assert item.headers["x-cache"] == "MISS"
     assert all(b":/<path>:" in key for key in cache_keys(redis_client))
+
+
+@pytest.mark.parametrize(
+    "expires",
+    [
+        "0",
+        "Sun, 06 Nov 94 08:49:37 GMT",  # a 2-digit year outside the RFC 850 form
+        "{date} UTC",  # a zone other than GMT
+        "{date} +0000",
+        "{date_no_comma}",
+        "{date_double_space}",
+        "{date_dots}",
+    ],
+)
+async def test_invalid_expires_is_already_expired(backend: RedisBackend, expires: str) -> None:
+    """RFC 9111 section 5.3: an invalid Expires is a time in the past, even one a lenient parser reads."""
+    now = time.time()
+    future = formatdate(now + 600, usegmt=True)  # e.g. "Thu, 03 Dec 2026 07:18:00 GMT"
+    value = expires.format(
+        date=future.removesuffix(" GMT"),
+        date_no_comma=future.replace(",", "", 1),
+        date_double_space=future.replace(" ", "  ", 1),
+        date_dots=future.replace(":", "."),
+    )
+    app, counting = cached_app(backend, rules=ORIGIN)
+    query = headers_query(date=formatdate(now, usegmt=True), expires=value)
+    async with client_for(app) as client:
+        await client.get(f"/headers?{query}")
+        second = await client.get(f"/headers?{query}")
+    assert second.headers["x-cache"] == "MISS"
+    assert counting.calls["headers"] == 2
+
+
+@pytest.mark.parametrize(("age", "x_cache"), [("7200, 0", "MISS"), ("0, 7200", "HIT")])
+async def test_first_age_member_counts(backend: RedisBackend, age: str, x_cache: str) -> None:
+    """RFC 9111 section 5.1: a cache uses the first member of a list-valued Age."""
+    app, _counting = cached_app(backend, rules=ORIGIN)
+    query = headers_query(cache_control="max-age=3600", age=age)
+    async with client_for(app) as client:
+        await client.get(f"/headers?{query}")
+        second = await client.get(f"/headers?{query}")
+    assert second.headers["x-cache"] == x_cache
+
+
+async def test_stored_date_is_sent_unchanged_and_once(backend: RedisBackend) -> None:
+    """RFC 9111 section 4 and RFC 9110 section 6.6.1: a hit carries the origin's Date as it was."""
+    app, _counting = cached_app(backend, rules=ORIGIN)
+    date = formatdate(time.time() - 5, usegmt=True)
+    query = headers_query(cache_control="max-age=3600", date=date)
+    async with client_for(app) as client:
+        await client.get(f"/headers?{query}")
+        hit = await client.get(f"/headers?{query}")
+    assert hit.headers["x-cache"] == "HIT"
+    assert hit.headers.get_list("date") == [date]
