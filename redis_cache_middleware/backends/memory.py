@@ -11,10 +11,21 @@ from functools import lru_cache
 _Members = set[str]  # named here: inside MemoryBackend, `set` is the method
 
 
+def as_bytes(text: str) -> str:
+    """`text` as its UTF-8 bytes, one character per byte: Redis matches globs byte by byte."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def glob_match(pattern: str, key: str) -> bool:
+    """Whether Redis's glob `pattern` (as `KEYS` and `SCAN MATCH` read it) matches `key`."""
+    return glob_regex(pattern).fullmatch(as_bytes(key)) is not None
+
+
 @lru_cache(maxsize=256)
 def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A regex that matches exactly what Redis's `KEYS`/`SCAN MATCH` glob `pattern` matches: `*`, `?`,
-    `[abc]`, `[^a]`, `[a-z]` (either order), and `\\` quoting the next character, in and out of brackets."""
+    """A regex over `as_bytes(key)` that matches what Redis's glob `pattern` matches: `*`, `?`, `[abc]`,
+    `[^a]`, `[a-z]` (either order), and `\\` quoting the next character, in and out of brackets."""
+    pattern = as_bytes(pattern)
     out: list[str] = []
     i, n = 0, len(pattern)
     while i < n:
@@ -107,8 +118,7 @@ class MemoryBackend:
             deleted = len(self._items) + len(self._sets)
             self.clear()
             return deleted
-        regex = glob_regex(pattern)
-        matching = [key for key in (*self._items, *self._sets) if regex.fullmatch(key)]
+        matching = [key for key in (*self._items, *self._sets) if glob_match(pattern, key)]
         return await self.delete(matching)
 
     async def purge_set(self, set_key: str) -> int:
