@@ -559,8 +559,10 @@ def failure_cause(exc: BaseException) -> str:
     for cause, kinds in checks:
         if any(isinstance(e, kinds) for e in chain):
             return cause
-    if "CONNECTION REFUSED" in text or "ERRNO 111" in text:
+    if "CONNECTION REFUSED" in text or "ERRNO 111" in text or "ERROR 111 " in text:
         return "refused"
+    if "CONNECTION RESET" in text or "BROKEN PIPE" in text:
+        return "reset"
     if "NAME OR SERVICE NOT KNOWN" in text or "NAME RESOLUTION" in text:
         return "DNS"
     if "SSL" in text or "CERTIFICATE" in text:
