@@ -252,11 +252,10 @@ class Pipeline:
         waiter: asyncio.Future[_Protocol] = loop.create_future()
 
         def relay(opening: asyncio.Task[_Protocol]) -> None:
-            if waiter.done():
+            error = PipelineError("connecting was cancelled") if opening.cancelled() else opening.exception()
+            if waiter.done():  # the caller gave up; the attempt's error is retrieved all the same
                 return
-            if opening.cancelled():
-                waiter.set_exception(PipelineError("connecting was cancelled"))
-            elif (error := opening.exception()) is not None:
+            if error is not None:
                 waiter.set_exception(error)
             else:
                 waiter.set_result(opening.result())

@@ -125,7 +125,7 @@ class RedisBackend:
             client = _cluster_client(parts, settings)
         elif scheme in SENTINEL_SCHEMES:
             sentinel, client = _sentinel_client(parts, {**_POOL_CHECKS, **settings})
-            closers.append(sentinel.aclose)
+            closers.append(_sentinel_closer(sentinel))
         elif scheme in SINGLE_NODE_SCHEMES:
             client = Redis.from_url(url, **{**_POOL_CHECKS, **settings})
             pipeline = Pipeline.from_url(url) if not options else None
@@ -492,6 +492,19 @@ def _cluster_client(parts: SplitResult, settings: dict[str, Any]) -> RedisCluste
         raise ValueError("Redis Cluster has only database 0")
     options.pop("db", None)
     return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **options)
+
+
+def _sentinel_closer(sentinel: Sentinel) -> _Closer:
+    """`Sentinel.aclose` (redis-py >= 5.1), or closing each sentinel's client on older versions."""
+    closer: _Closer | None = getattr(sentinel, "aclose", None)
+    if closer is not None:
+        return closer
+
+    async def close_each() -> None:
+        for client in sentinel.sentinels:
+            await client.aclose()
+
+    return close_each
 
 
 def _sentinel_client(parts: SplitResult, settings: dict[str, Any]) -> tuple[Sentinel, Redis]:
