@@ -6,24 +6,22 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, MaxConnectionsError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import BackendError, PartialBackendError
+from .clients import SINGLE_NODE_SCHEMES, Closer, client_for_url
+from .failures import MISCONFIGURED, failure_cause
 from .pipeline import Pipeline, StillConnecting
 from .scripts import RELEASE
 
@@ -33,21 +31,9 @@ DEFAULT_TIMEOUT = 0.05
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_NODE_COOLDOWN = 1.0
 NODE_FAILURES_BEFORE_COOLDOWN = 3
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-SINGLE_NODE_SCHEMES = ("redis", "rediss", "unix")
 
 DEFAULT_PURGE_BATCH = 500
-# redis-py 8 skips its check for closed or unread connections on pool checkout while maintenance
-# notifications are in "auto" mode; turning them off (they need RESP3 anyway) restores it. redis-py
-# before 7 has no maintenance notifications, and always checks.
-_POOL_CHECKS: dict[str, Any] = {}
-with contextlib.suppress(ImportError):
-    from redis.maint_notifications import MaintNotificationsConfig
-
-    _POOL_CHECKS["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
 _T = TypeVar("_T")
-_Closer = Callable[[], Awaitable[None]]
 
 
 class RedisBackend:
@@ -86,7 +72,7 @@ class RedisBackend:
         self._down_until: dict[str, float] = {}
         self._deadline = max(self.timeout, self.connect_timeout)
         self._slots = asyncio.Semaphore(max_connections)
-        self._closers: list[_Closer] = [client.aclose]
+        self._closers: list[Closer] = [client.aclose]
         self._pipeline = pipeline
         self._down_cause: str | None = None
 
@@ -116,22 +102,9 @@ class RedisBackend:
             "max_connections": max_connections,
             **options,
         }
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        closers: list[_Closer] = []
-        client: Redis | RedisCluster
-        pipeline: Pipeline | None = None
-        if scheme in CLUSTER_SCHEMES:
-            client = _cluster_client(parts, settings)
-        elif scheme in SENTINEL_SCHEMES:
-            sentinel, client = _sentinel_client(parts, {**_POOL_CHECKS, **settings})
-            closers.append(_sentinel_closer(sentinel))
-        elif scheme in SINGLE_NODE_SCHEMES:
-            client = Redis.from_url(url, **{**_POOL_CHECKS, **settings})
-            pipeline = Pipeline.from_url(url) if not options else None
-        else:
-            known = ", ".join(f"{s}://" for s in (*SINGLE_NODE_SCHEMES, *CLUSTER_SCHEMES, *SENTINEL_SCHEMES))
-            raise ValueError(f"Redis URL scheme must be one of {known}: {url!r}")
+        client, closers = client_for_url(url, settings)
+        single = urlsplit(url).scheme.lower() in SINGLE_NODE_SCHEMES
+        pipeline = Pipeline.from_url(url) if single and not options else None
         backend = cls(
             client,
             timeout=timeout,
@@ -344,12 +317,12 @@ class RedisBackend:
         cause = failure_cause(exc)
         if cause != self._down_cause:
             self._down_cause = cause
-            level = logging.WARNING if cause in _MISCONFIGURED else logging.DEBUG
+            level = logging.WARNING if cause in MISCONFIGURED else logging.DEBUG
             logger.log(level, "Redis calls failing (%s): %s: %s", cause, type(exc).__name__, exc)
         return cause
 
     def _recovered(self) -> None:
-        level = logging.INFO if self._down_cause in _MISCONFIGURED else logging.DEBUG
+        level = logging.INFO if self._down_cause in MISCONFIGURED else logging.DEBUG
         logger.log(level, "Redis calls succeed again (after %s failures)", self._down_cause)
         self._down_cause = None
 
@@ -454,77 +427,6 @@ class RedisBackend:
             self._down_until[node] = time.monotonic() + self.node_cooldown
 
 
-def _nodes(netloc: str, default_port: int) -> tuple[str, list[tuple[str, int]]]:
-    """The `user:password@` part (with its `@`) and the `(host, port)` list of `h1:p1,h2:p2`."""
-    userinfo, at, hosts = netloc.rpartition("@")
-    nodes: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        item = item.strip()
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port = rest.removeprefix(":")
-        else:
-            host, _, port = item.partition(":")
-        if not host:
-            raise ValueError(f"Redis URL has an empty host in {netloc!r}")
-        nodes.append((unquote(host), int(port) if port else default_port))
-    return userinfo + at, nodes
-
-
-def _client_options(scheme: str, userinfo: str, db: str, query: str) -> dict[str, Any]:
-    """Credentials, db, TLS and query options of a multi-host URL, parsed as redis-py parses its URLs."""
-    parsed: dict[str, Any] = dict(parse_url(f"{scheme}://{userinfo}localhost/{db}?{query}"))
-    parsed.pop("host", None)
-    parsed.pop("port", None)
-    if parsed.pop("connection_class", None) is SSLConnection:
-        parsed["ssl"] = True
-    return parsed
-
-
-def _cluster_client(parts: SplitResult, settings: dict[str, Any]) -> RedisCluster:
-    """A `RedisCluster` on the listed startup nodes: no retries, slots served even when others are not
-    covered, and a MOVED reply updates that slot only (a full refresh would drop every open connection)."""
-    userinfo, nodes = _nodes(parts.netloc, 6379)
-    base = parts.scheme.lower().removesuffix("+cluster")
-    options = {"require_full_coverage": False, "reinitialize_steps": 0, **settings}
-    options.update(_client_options(base, userinfo, parts.path.strip("/"), parts.query))
-    if options.get("db"):
-        raise ValueError("Redis Cluster has only database 0")
-    options.pop("db", None)
-    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **options)
-
-
-def _sentinel_closer(sentinel: Sentinel) -> _Closer:
-    """`Sentinel.aclose` (redis-py >= 5.1), or closing each sentinel's client on older versions."""
-    closer: _Closer | None = getattr(sentinel, "aclose", None)
-    if closer is not None:
-        return closer
-
-    async def close_each() -> None:
-        for client in sentinel.sentinels:
-            await client.aclose()
-
-    return close_each
-
-
-def _sentinel_client(parts: SplitResult, settings: dict[str, Any]) -> tuple[Sentinel, Redis]:
-    """The primary of `/service[/db]` as the listed sentinels report it; TLS options apply to both."""
-    userinfo, nodes = _nodes(parts.netloc, 26379)
-    base = parts.scheme.lower().removesuffix("+sentinel")
-    path = [unquote(p) for p in parts.path.split("/") if p]
-    if not 1 <= len(path) <= 2:
-        raise ValueError("a redis+sentinel:// URL needs /service_name or /service_name/db as its path")
-    options = {**settings, **_client_options(base, userinfo, path[1] if len(path) == 2 else "", parts.query)}
-    sentinel_options = {
-        name: value
-        for name, value in options.items()
-        if name.startswith(("socket_", "ssl")) or name in ("retry", "health_check_interval")
-    }
-    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
-    primary: Redis = sentinel.master_for(path[0])
-    return sentinel, primary
-
-
 async def _run(pipe: Any, indexes: Sequence[int], add: Callable[[Any, int], None]) -> list[Any]:
     """Queue `add(pipe, i)` for each index, execute, and return the first reply of each index's commands."""
     counts = []
@@ -542,44 +444,3 @@ async def _run(pipe: Any, indexes: Sequence[int], add: Callable[[Any, int], None
 
 class _NodeCoolingDown(RedisConnectionError):
     """A cluster node that failed recently is skipped until its cool-down ends."""
-
-
-_MISCONFIGURED = ("authentication", "TLS", "DNS")
-
-
-def failure_cause(exc: BaseException) -> str:
-    """What went wrong, in one word an operator can act on: authentication, TLS, DNS, refused, reset,
-    timeout, connecting (still opening), error-reply (Redis answered with an error) or connection."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 8:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    text = " ".join(str(e) for e in chain).upper()
-    if any(isinstance(e, AuthenticationError) for e in chain) or any(
-        word in text for word in ("WRONGPASS", "NOAUTH", "INVALID PASSWORD", "INVALID USERNAME")
-    ):
-        return "authentication"
-    checks: tuple[tuple[str, type[BaseException] | tuple[type[BaseException], ...]], ...] = (
-        ("connecting", StillConnecting),
-        ("TLS", ssl.SSLError),
-        ("DNS", socket.gaierror),
-        ("refused", ConnectionRefusedError),
-        ("reset", (ConnectionResetError, BrokenPipeError)),
-        ("timeout", (TimeoutError, RedisTimeoutError)),
-        ("error-reply", ResponseError),
-    )
-    for cause, kinds in checks:
-        if any(isinstance(e, kinds) for e in chain):
-            return cause
-    if "CONNECTION REFUSED" in text or "ERRNO 111" in text or "ERROR 111 " in text:
-        return "refused"
-    if "CONNECTION RESET" in text or "BROKEN PIPE" in text:
-        return "reset"
-    if "NAME OR SERVICE NOT KNOWN" in text or "NAME RESOLUTION" in text:
-        return "DNS"
-    if "SSL" in text or "CERTIFICATE" in text:
-        return "TLS"
-    if "REDIS ERROR" in text:
-        return "error-reply"
-    return "connection"
