@@ -48,11 +48,11 @@ async def proxy(secured: RedisServer) -> AsyncIterator[NetProxy]:
     await proxy.aclose()
 
 
-async def fails_within(backend: Backend, bound: float) -> BackendError:
+async def fails_within(backend: Backend, bound: float, key: str = "absent") -> BackendError:
     """A call that fails as a whole-backend failure (never a partial one) within `bound` s."""
     started = time.monotonic()
     with pytest.raises(BackendError) as caught:
-        await backend.get("k")
+        await backend.get(key)
     elapsed = time.monotonic() - started
     assert elapsed < bound + SLACK, f"{elapsed:.2f} s"
     assert not isinstance(caught.value, PartialBackendError), caught.value
@@ -60,10 +60,12 @@ async def fails_within(backend: Backend, bound: float) -> BackendError:
 
 
 async def recovers(backend: Backend, within: float = 3.0) -> None:
-    """Calls succeed again (with the right value) within `within` s of the path healing."""
+    """Calls succeed again (with the right value) within `within` s of the path healing. The absent key
+    is never in a tiered backend's L1: reading it takes Redis."""
     deadline = time.monotonic() + within
     while True:
         try:
+            assert await backend.get("absent") is None
             assert await backend.get("k") == b"v"
             return
         except BackendError:
