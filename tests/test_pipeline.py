@@ -12,6 +12,7 @@ import uvloop
 from redis_cache_middleware import BackendError, RedisBackend
 from redis_cache_middleware.backends.pipeline import Pipeline
 
+from .netproxy import NetProxy
 from .redis_server import RedisServer
 
 
@@ -129,3 +130,60 @@ async def test_redis_that_really_does_not_answer_still_times_out(fresh_redis: Re
     finally:
         fresh_redis.resume()
     await backend.aclose()
+
+
+async def test_a_swallowed_reply_drops_the_connection_and_the_next_call_opens_a_fresh_one(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 11, defect 2: a reply lost on the path (then the path heals) used to leave every later reply
+    matched to an earlier caller, for good."""
+    proxy = await NetProxy(redis_server.port).start()
+    backend = RedisBackend.from_url(proxy.url, timeout=0.2)
+    try:
+        keys = [f"swallow:{i}" for i in range(20)]
+        await backend.set_many([(key, key.encode(), 60) for key in keys])
+        assert await backend.get(keys[0]) == keys[0].encode()
+        proxy.down = "swallow"
+        lost = [asyncio.ensure_future(backend.get(key)) for key in keys[:5]]
+        results = await asyncio.gather(*lost, return_exceptions=True)
+        assert all(isinstance(r, BackendError) for r in results), results
+        assert proxy.swallowed > 0
+        proxy.heal()
+        healed_at = time.monotonic()
+        while True:  # the first call after healing may still meet the old connection's end
+            try:
+                value = await backend.get(keys[1])
+                break
+            except BackendError:
+                assert time.monotonic() - healed_at < 0.2 + 1.0
+        assert value == keys[1].encode()
+        for _ in range(3):
+            values = await asyncio.gather(*(backend.get(key) for key in keys), return_exceptions=True)
+            assert values == [key.encode() for key in keys]
+        assert await backend.get_many(keys[::-1]) == [key.encode() for key in keys[::-1]]
+    finally:
+        await backend.aclose()
+        await proxy.aclose()
+
+
+async def test_callers_behind_an_overdue_reply_fail_at_once_instead_of_taking_the_wrong_reply(
+    redis_server: RedisServer,
+) -> None:
+    proxy = await NetProxy(redis_server.port).start()
+    backend = RedisBackend.from_url(proxy.url, timeout=0.2)
+    try:
+        await backend.set_many([("first", b"first-value", 60), ("second", b"second-value", 60)])
+        await backend.get("first")
+        proxy.down = "swallow"
+        first = asyncio.ensure_future(backend.get("first"))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(backend.get("second"))  # its deadline is 0.1 s after first's
+        with pytest.raises(BackendError, match="no reply within"):
+            await first
+        proxy.heal()
+        with pytest.raises(BackendError, match="overdue"):
+            await second  # failed with the connection, at first's deadline
+        assert await backend.get("second") == b"second-value"
+    finally:
+        await backend.aclose()
+        await proxy.aclose()

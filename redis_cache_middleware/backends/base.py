@@ -7,12 +7,13 @@ from typing import Protocol, runtime_checkable
 
 
 class BackendError(Exception):
-    """A backend call failed or timed out; the middleware serves the request without the cache."""
+    """A backend call failed or timed out, a connection still opening when the caller stopped waiting
+    included; the middleware serves the request without the cache, and the breaker counts it."""
 
 
 class PartialBackendError(BackendError):
-    """A failure that does not show the backend as a whole to be down: one cluster node, or a connection
-    still opening when the caller stopped waiting. The request bypasses; the breaker does not count it."""
+    """One Redis Cluster node failed (or is cooling down after failing), not the backend as a whole: the
+    request bypasses; the breaker does not count it. Multi-key calls raise it when some nodes failed."""
 
 
 @runtime_checkable

@@ -1,15 +1,19 @@
-"""A lean, pipelined Redis connection for the request path's two commands, `GET` and `SET`.
+"""A lean, pipelined Redis connection for the request path's commands: `GET`, `MGET`, `SET`.
 
 Concurrent commands are written back to back on one socket and their replies matched in order (RESP replies
-come in request order), parsed by hiredis. A caller that times out simply stops waiting: its reply is
-still read and dropped when it arrives, so a slow reply can never be taken for another key's. The
-connection is opened lazily, re-opened after it is lost, and bound to the event loop that opened it.
+come in request order), parsed by hiredis. A reply that has not come when its caller's `within` runs out
+makes the connection untrustworthy (if it never comes, every later reply would go to the wrong caller): the
+connection is closed at once, every caller still waiting on it fails with `PipelineError`, and the next
+call opens a fresh one. The connection is opened lazily (AUTH and SELECT included, all bounded by the
+opener's `within`; a connection whose AUTH or SELECT fails is closed), and bound to the event loop that
+opened it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
@@ -62,12 +66,20 @@ class _Protocol(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(error)
 
-    def send(self, command: bytes) -> asyncio.Future[Any]:
+    def send(self, *commands: bytes) -> list[asyncio.Future[Any]]:
+        """Write `commands` in one write; one waiter per command, in order."""
         assert self.transport is not None
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiting.append(waiter)
-        self.transport.write(command)
-        return waiter
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
+        self.waiting.extend(waiters)
+        self.transport.write(b"".join(commands))
+        return waiters
+
+    def drop(self, reason: str) -> None:
+        """Close the connection now and fail every caller still waiting on it."""
+        self._fail(PipelineError(reason))
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class _Deadline:
@@ -105,8 +117,8 @@ def _command(*parts: bytes) -> bytes:
 
 
 class Pipeline:
-    """`GET` and `SET` over one pipelined connection to a single Redis node (`redis://` or `unix://`,
-    no TLS): the two commands of the request path, at a fraction of a general client's cost."""
+    """`GET`, `MGET` and `SET` over one pipelined connection to a single Redis node (`redis://` or
+    `unix://`, no TLS): the commands of the request path, at a fraction of a general client's cost."""
 
     def __init__(
         self,
@@ -154,6 +166,25 @@ class Pipeline:
             raise PipelineError(f"unexpected reply to GET: {type(reply).__name__}")
         return reply
 
+    async def get_many(self, keys: Sequence[str], within: float) -> list[bytes | None]:
+        """`MGET keys`: the values in order, None where absent; bounds and errors as `get`."""
+        if not keys:
+            return []
+        reply = await self._call(within, b"MGET", *(key.encode() for key in keys))
+        if not isinstance(reply, list) or len(reply) != len(keys):
+            raise PipelineError(f"unexpected reply to MGET: {type(reply).__name__}")
+        return [value if isinstance(value, bytes) else None for value in reply]
+
+    async def set_many(self, items: Sequence[tuple[str, bytes, int]], within: float) -> None:
+        """`SET key value PX milliseconds` for each item, all written at once (one round trip)."""
+        if not items:
+            return
+        commands = [_command(b"SET", k.encode(), v, b"PX", str(ms).encode()) for k, v, ms in items]
+        replies = await self._call_many(within, commands)
+        wrong = [reply for reply in replies if reply != b"OK"]
+        if wrong:
+            raise PipelineError(f"unexpected reply to SET: {wrong[0]!r}")
+
     async def set(self, key: str, value: bytes, milliseconds: int, within: float) -> None:
         """`SET key value PX milliseconds`, with the same bounds and errors as `get`."""
         reply = await self._call(within, b"SET", key.encode(), value, b"PX", str(milliseconds).encode())
@@ -170,13 +201,32 @@ class Pipeline:
         return bool(reply == b"OK")
 
     async def _call(self, within: float, *parts: bytes) -> Any:
+        return (await self._call_many(within, [_command(*parts)]))[0]
+
+    async def _call_many(self, within: float, commands: Sequence[bytes]) -> list[Any]:
+        """Send `commands` in one write and wait for all their replies, `within` s in all (replies come in
+        order, so the last one is waited for). No reply in time: the connection is dropped."""
         protocol = await self.connect(within)
-        waiter = protocol.send(_command(*parts))
-        deadline = _Deadline(waiter, within)
+        waiters = protocol.send(*commands)
+        deadline = _Deadline(waiters[-1], within)
         try:
-            return await waiter
+            await asyncio.wait([waiters[-1]])
+        except BaseException:  # the caller was cancelled: its replies are read and dropped
+            for waiter in waiters:
+                waiter.cancel()
+            raise
         finally:
             deadline.cancel()
+        if isinstance(waiters[-1].exception(), TimeoutError):
+            protocol.drop(f"reply overdue after {within} s: connection closed, replies out of step")
+        replies = []
+        for waiter in waiters:
+            error = waiter.exception()  # retrieved even when an earlier one raises
+            replies.append(error if error is not None else waiter.result())
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     @property
     def connected(self) -> bool:
@@ -198,15 +248,14 @@ class Pipeline:
         if self._opening is None or self._opening.done() or self._loop is not loop:
             self.close()
             self._loop = loop
-            self._opening = loop.create_task(self._open(max(within, 1.0)))
+            self._opening = loop.create_task(self._open(within))
         waiter: asyncio.Future[_Protocol] = loop.create_future()
 
         def relay(opening: asyncio.Task[_Protocol]) -> None:
-            if waiter.done():
+            error = PipelineError("connecting was cancelled") if opening.cancelled() else opening.exception()
+            if waiter.done():  # the caller gave up; the attempt's error is retrieved all the same
                 return
-            if opening.cancelled():
-                waiter.set_exception(PipelineError("connecting was cancelled"))
-            elif (error := opening.exception()) is not None:
+            if error is not None:
                 waiter.set_exception(error)
             else:
                 waiter.set_result(opening.result())
@@ -219,19 +268,29 @@ class Pipeline:
             deadline.cancel()
 
     async def _open(self, limit: float) -> _Protocol:
+        """Connect, then AUTH and SELECT, within `limit` s in all; on any failure nothing stays open."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(limit):
-            if self.path is not None:
-                _, protocol = await loop.create_unix_connection(_Protocol, self.path)
-            else:
-                _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
-            for command in self._setup:
-                await protocol.send(command)
+        protocol: _Protocol | None = None
+        try:
+            async with asyncio.timeout(limit):
+                if self.path is not None:
+                    _, protocol = await loop.create_unix_connection(_Protocol, self.path)
+                else:
+                    _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+                if self._setup:
+                    replies = await asyncio.gather(*protocol.send(*self._setup), return_exceptions=True)
+                    for reply in replies:
+                        if isinstance(reply, BaseException):
+                            raise reply
+        except BaseException:
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abort()
+            raise
         self._protocol = protocol
         return protocol
 
     def close(self) -> None:
         """Drop the connection (callers still waiting get `PipelineError`)."""
         protocol, self._protocol = self._protocol, None
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.close()
+        if protocol is not None:
+            protocol.drop("connection closed by the client")

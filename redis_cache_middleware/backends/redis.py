@@ -4,40 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
-from urllib.parse import SplitResult, unquote, urlsplit
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.maint_notifications import MaintNotificationsConfig
 
 from .base import BackendError, PartialBackendError
+from .clients import SINGLE_NODE_SCHEMES, Closer, client_for_url
+from .failures import MISCONFIGURED, failure_cause
 from .pipeline import Pipeline, StillConnecting
+from .scripts import RELEASE
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 0.05
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_NODE_COOLDOWN = 1.0
 NODE_FAILURES_BEFORE_COOLDOWN = 3
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-SINGLE_NODE_SCHEMES = ("redis", "rediss", "unix")
 
-# redis-py 8 skips its check for closed or unread connections on pool checkout while maintenance
-# notifications are in "auto" mode; turning them off (they need RESP3 anyway) restores it.
-_POOL_CHECKS: dict[str, Any] = {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+DEFAULT_PURGE_BATCH = 500
 _T = TypeVar("_T")
-_Closer = Callable[[], Awaitable[None]]
 
 
 class RedisBackend:
@@ -78,8 +74,9 @@ class RedisBackend:
         self._down_until: dict[str, float] = {}
         self._deadline = max(self.timeout, self.connect_timeout)
         self._slots = asyncio.Semaphore(max_connections)
-        self._closers: list[_Closer] = [client.aclose]
+        self._closers: list[Closer] = [client.aclose]
         self._pipeline = pipeline
+        self._down_cause: str | None = None
 
     @classmethod
     def from_url(
@@ -107,22 +104,9 @@ class RedisBackend:
             "max_connections": max_connections,
             **options,
         }
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        closers: list[_Closer] = []
-        client: Redis | RedisCluster
-        pipeline: Pipeline | None = None
-        if scheme in CLUSTER_SCHEMES:
-            client = _cluster_client(parts, settings)
-        elif scheme in SENTINEL_SCHEMES:
-            sentinel, client = _sentinel_client(parts, {**_POOL_CHECKS, **settings})
-            closers.append(sentinel.aclose)
-        elif scheme in SINGLE_NODE_SCHEMES:
-            client = Redis.from_url(url, **{**_POOL_CHECKS, **settings})
-            pipeline = Pipeline.from_url(url) if not options else None
-        else:
-            known = ", ".join(f"{s}://" for s in (*SINGLE_NODE_SCHEMES, *CLUSTER_SCHEMES, *SENTINEL_SCHEMES))
-            raise ValueError(f"Redis URL scheme must be one of {known}: {url!r}")
+        client, closers = client_for_url(url, settings)
+        single = urlsplit(url).scheme.lower() in SINGLE_NODE_SCHEMES
+        pipeline = Pipeline.from_url(url) if single and not options else None
         backend = cls(
             client,
             timeout=timeout,
@@ -166,7 +150,105 @@ class RedisBackend:
 
     async def release(self, key: str, token: str) -> None:
         """Give the lease back if `token` still holds it (compare and delete in one script)."""
-        await self._call("lease release", lambda: self.client.eval(_RELEASE, 1, key, token), key)
+        await self._call("lease release", lambda: self.client.eval(RELEASE, 1, key, token), key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of `keys` in order, None where absent: one `MGET` on a single node; on a cluster one
+        pipeline of GETs per node, the nodes in parallel (`PartialBackendError` when some nodes fail)."""
+        if not keys:
+            return []
+        if self._pipeline is not None:
+            return await self._pipelined("MGET", self._pipeline.get_many, list(keys))
+        if not isinstance(self.client, RedisCluster):
+            client = self.client
+            values = await self._call("MGET", lambda: client.mget(list(keys)))
+            return [value if isinstance(value, bytes) else None for value in values]
+
+        def gets(pipe: Any, index: int) -> None:
+            pipe.get(keys[index])
+
+        replies = await self._per_node("MGET", keys, gets)
+        return [value if isinstance(value, bytes) else None for value in replies]
+
+    async def set_many(self, items: Sequence[tuple[str, bytes, float]]) -> None:
+        """`SET key value PX ttl` for each item, all written at once (one round trip per node)."""
+        if not items:
+            return
+        timed = [(key, value, max(1, math.ceil(ttl * 1000))) for key, value, ttl in items]
+        if self._pipeline is not None:
+            await self._pipelined("SET", self._pipeline.set_many, timed)
+            return
+
+        def sets(pipe: Any, index: int) -> None:
+            key, value, milliseconds = timed[index]
+            pipe.set(key, value, px=milliseconds)
+
+        await self._per_node("SET", [key for key, _, _ in timed], sets)
+
+    async def add_to_sets(self, sets: Sequence[str], member: str, ttl: float) -> None:
+        """`SADD set member`, and the set's expiry raised to at least `ttl` (PEXPIRE NX, then GT; needs
+        Redis >= 7.0), for each set, in one round trip per node."""
+        if not sets:
+            return
+        milliseconds = max(1, math.ceil(ttl * 1000))
+
+        def adds(pipe: Any, index: int) -> None:
+            pipe.sadd(sets[index], member)
+            pipe.pexpire(sets[index], milliseconds, nx=True)
+            pipe.pexpire(sets[index], milliseconds, gt=True)
+
+        await self._per_node("SADD", sets, adds)
+
+    async def purge(self, pattern: str, *, batch: int = DEFAULT_PURGE_BATCH) -> int:
+        """UNLINK every key matching the glob `pattern` (SCAN MATCH on every primary, `batch` keys at a
+        time); the number deleted. Each SCAN and UNLINK is bounded like any call, not the whole purge."""
+        if batch < 1:
+            raise ValueError("purge batch must be at least 1")
+        deleted = 0
+        for node in await self._primaries():
+            cursor = 0
+            while True:
+                cursor, keys = await self._scan_step(node, cursor, pattern, batch)
+                deleted += await self._unlink(keys)
+                if cursor == 0:
+                    break
+        return deleted
+
+    async def purge_set(self, set_key: str, *, batch: int = DEFAULT_PURGE_BATCH) -> int:
+        """UNLINK every key listed in the set `set_key` (SSCAN, `batch` at a time), then the set; the
+        number of listed keys deleted."""
+        if batch < 1:
+            raise ValueError("purge batch must be at least 1")
+        deleted, cursor = 0, 0
+        while True:
+            cursor, members = await self._sscan_step(set_key, cursor, batch)
+            deleted += await self._unlink(members)
+            if cursor == 0:
+                break
+        await self.delete([set_key])
+        return deleted
+
+    async def memory_policy(self) -> tuple[int, str] | None:
+        """Redis's `(maxmemory, maxmemory-policy)` by CONFIG GET (on a cluster, one node's), bounded like
+        any call; None when CONFIG is not allowed (a managed Redis, an ACL) or Redis cannot be reached."""
+        try:
+            config = await self._call("CONFIG GET", lambda: self.client.config_get("maxmemory*"))
+        except BackendError as exc:
+            logger.debug("CONFIG GET maxmemory not available: %s", exc)
+            return None
+        if isinstance(self.client, RedisCluster) and config and "maxmemory" not in config:
+            config = cast(dict[Any, Any], next(iter(cast(dict[Any, Any], config).values())))  # per node
+        maxmemory, policy = config.get("maxmemory"), config.get("maxmemory-policy")
+        if maxmemory is None or policy is None:
+            return None
+        as_text = [v.decode() if isinstance(v, bytes) else str(v) for v in (maxmemory, policy)]
+        return int(as_text[0]), as_text[1]
+
+    async def call(self, name: str, command: Callable[[], Awaitable[_T]], key: str | None = None) -> _T:
+        """Run `command` (a call on `self.client`) within this backend's bounds: one of the
+        `max_connections` slots, `max(timeout, connect_timeout)` in all, errors as `BackendError`
+        (`PartialBackendError` when `key`'s cluster node alone failed). For layers built on this one."""
+        return await self._call(name, command, key)
 
     def warm(self) -> None:
         """Start opening the pipelined connection now (from a running loop), so the first burst of
@@ -185,11 +267,16 @@ class RedisBackend:
         try:
             if not self._pipeline.connected:
                 await self._pipeline.connect(self.connect_timeout)
-            return await command(*args, within=self.timeout)
-        except StillConnecting as exc:  # the attempt goes on; its own failure, if any, is what counts
-            raise PartialBackendError(f"{name} skipped: {exc}") from exc
+            result = await command(*args, within=self.timeout)
+            if self._down_cause is not None:
+                self._recovered()
+            return result
+        except StillConnecting as exc:  # the attempt goes on (bounded by connect_timeout) without us
+            self._failed(exc)
+            raise BackendError(f"{name} failed: {exc}") from exc
         except Exception as exc:
-            raise BackendError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+            cause = self._failed(exc)
+            raise BackendError(f"{name} failed ({cause}): {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._pipeline is not None:
@@ -217,6 +304,8 @@ class RedisBackend:
                 if node is not None:
                     self._node_failures.pop(node, None)
                     self._down_until.pop(node, None)
+                if self._down_cause is not None:
+                    self._recovered()
                 return result
         except Exception as exc:
             reason = str(exc) or f"no reply within {self._deadline} s"
@@ -224,7 +313,90 @@ class RedisBackend:
                 node is not None and isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError)
             )
             error = PartialBackendError if one_node else BackendError
-            raise error(f"{name} failed: {type(exc).__name__}: {reason}") from exc
+            cause = self._failed(exc)
+            raise error(f"{name} failed ({cause}): {type(exc).__name__}: {reason}") from exc
+
+    def _failed(self, exc: BaseException) -> str:
+        """The cause of a failure, logged when it differs from the previous one: a warning for those an
+        operator must fix (authentication, TLS, DNS), at debug level for outages the breaker reports."""
+        cause = failure_cause(exc)
+        if cause != self._down_cause:
+            self._down_cause = cause
+            level = logging.WARNING if cause in MISCONFIGURED else logging.DEBUG
+            logger.log(level, "Redis calls failing (%s): %s: %s", cause, type(exc).__name__, exc)
+        return cause
+
+    def _recovered(self) -> None:
+        level = logging.INFO if self._down_cause in MISCONFIGURED else logging.DEBUG
+        logger.log(level, "Redis calls succeed again (after %s failures)", self._down_cause)
+        self._down_cause = None
+
+    async def _per_node(self, name: str, keys: Sequence[str], add: Callable[[Any, int], None]) -> list[Any]:
+        """Queue `add(pipe, i)` for every key in a pipeline per node and run the pipelines in parallel;
+        the first reply of each key's commands, in key order. Some nodes failing: `PartialBackendError`."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            everything = range(len(keys))
+            return await self._call(name, lambda: _run(client.pipeline(transaction=False), everything, add))
+        await self._call(name, lambda: self._cluster_node(None))
+        groups: dict[str, list[int]] = {}
+        for index, key in enumerate(keys):
+            node = client.get_node_from_key(key)
+            groups.setdefault(node.name if node is not None else "", []).append(index)
+
+        def node_call(group: list[int]) -> Awaitable[list[Any]]:
+            return self._call(name, lambda: _run(client.pipeline(), group, add), keys[group[0]])
+
+        outcomes = await asyncio.gather(*map(node_call, groups.values()), return_exceptions=True)
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure
+            if not isinstance(failure, PartialBackendError) or len(failures) == len(outcomes) == 1:
+                raise failure
+        if failures:
+            failed = f"{len(failures)} of {len(outcomes)} nodes failed"
+            raise PartialBackendError(f"{name}: {failed}: {failures[0]}")
+        replies: list[Any] = [None] * len(keys)
+        for group, outcome in zip(groups.values(), outcomes, strict=True):
+            for index, reply in zip(group, cast(list[Any], outcome), strict=True):
+                replies[index] = reply
+        return replies
+
+    async def _primaries(self) -> list[ClusterNode | None]:
+        """The nodes to SCAN: every primary of a cluster; [None] for a single node."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return [None]
+        await self._call("CLUSTER SLOTS", lambda: self._cluster_node(None))
+        return list(client.get_primaries())
+
+    async def _scan_step(
+        self, node: ClusterNode | None, cursor: int, pattern: str, batch: int
+    ) -> tuple[int, list[Any]]:
+        client = self.client
+        if node is None or not isinstance(client, RedisCluster):
+            found, keys = await self._call("SCAN", lambda: client.scan(cursor, match=pattern, count=batch))
+            return int(found), list(keys)
+        cursors, keys = await self._call(
+            "SCAN", lambda: client.scan(cursor, match=pattern, count=batch, target_nodes=node)
+        )
+        return int(cast(dict[str, int], cursors)[node.name]), list(keys)  # a cursor per node
+
+    async def _sscan_step(self, set_key: str, cursor: int, batch: int) -> tuple[int, list[Any]]:
+        client = self.client
+        found, members = await self._call(
+            "SSCAN",
+            lambda: client.sscan(set_key, cursor, count=batch),
+            set_key,
+        )
+        return int(found), list(members)
+
+    async def _unlink(self, keys: Sequence[Any]) -> int:
+        if not keys:
+            return 0
+        removed = await self._call("UNLINK", lambda: self.client.unlink(*keys))
+        return int(removed)
 
     async def _cluster_node(self, key: str | None) -> str | None:
         """The name of the cluster node serving `key` (None for a single node or no key).
@@ -260,62 +432,19 @@ class RedisBackend:
             self._down_until[node] = time.monotonic() + self.node_cooldown
 
 
-def _nodes(netloc: str, default_port: int) -> tuple[str, list[tuple[str, int]]]:
-    """The `user:password@` part (with its `@`) and the `(host, port)` list of `h1:p1,h2:p2`."""
-    userinfo, at, hosts = netloc.rpartition("@")
-    nodes: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        item = item.strip()
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port = rest.removeprefix(":")
-        else:
-            host, _, port = item.partition(":")
-        if not host:
-            raise ValueError(f"Redis URL has an empty host in {netloc!r}")
-        nodes.append((unquote(host), int(port) if port else default_port))
-    return userinfo + at, nodes
-
-
-def _client_options(scheme: str, userinfo: str, db: str, query: str) -> dict[str, Any]:
-    """Credentials, db, TLS and query options of a multi-host URL, parsed as redis-py parses its URLs."""
-    parsed: dict[str, Any] = dict(parse_url(f"{scheme}://{userinfo}localhost/{db}?{query}"))
-    parsed.pop("host", None)
-    parsed.pop("port", None)
-    if parsed.pop("connection_class", None) is SSLConnection:
-        parsed["ssl"] = True
-    return parsed
-
-
-def _cluster_client(parts: SplitResult, settings: dict[str, Any]) -> RedisCluster:
-    """A `RedisCluster` on the listed startup nodes: no retries, slots served even when others are not
-    covered, and a MOVED reply updates that slot only (a full refresh would drop every open connection)."""
-    userinfo, nodes = _nodes(parts.netloc, 6379)
-    base = parts.scheme.lower().removesuffix("+cluster")
-    options = {"require_full_coverage": False, "reinitialize_steps": 0, **settings}
-    options.update(_client_options(base, userinfo, parts.path.strip("/"), parts.query))
-    if options.get("db"):
-        raise ValueError("Redis Cluster has only database 0")
-    options.pop("db", None)
-    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **options)
-
-
-def _sentinel_client(parts: SplitResult, settings: dict[str, Any]) -> tuple[Sentinel, Redis]:
-    """The primary of `/service[/db]` as the listed sentinels report it; TLS options apply to both."""
-    userinfo, nodes = _nodes(parts.netloc, 26379)
-    base = parts.scheme.lower().removesuffix("+sentinel")
-    path = [unquote(p) for p in parts.path.split("/") if p]
-    if not 1 <= len(path) <= 2:
-        raise ValueError("a redis+sentinel:// URL needs /service_name or /service_name/db as its path")
-    options = {**settings, **_client_options(base, userinfo, path[1] if len(path) == 2 else "", parts.query)}
-    sentinel_options = {
-        name: value
-        for name, value in options.items()
-        if name.startswith(("socket_", "ssl")) or name in ("retry", "health_check_interval")
-    }
-    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
-    primary: Redis = sentinel.master_for(path[0])
-    return sentinel, primary
+async def _run(pipe: Any, indexes: Sequence[int], add: Callable[[Any, int], None]) -> list[Any]:
+    """Queue `add(pipe, i)` for each index, execute, and return the first reply of each index's commands."""
+    counts = []
+    for index in indexes:
+        before = len(pipe)
+        add(pipe, index)
+        counts.append(len(pipe) - before)
+    replies = await pipe.execute()
+    firsts, position = [], 0
+    for count in counts:
+        firsts.append(replies[position])
+        position += count
+    return firsts
 
 
 class _NodeCoolingDown(RedisConnectionError):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -37,58 +36,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
 
-from .base import BackendError
 from .memory import MemoryBackend
 from .redis import RedisBackend
+from .scripts import DELETE_AND_PUBLISH, GET_WITH_TTL, SET_AND_PUBLISH, Script
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHANNEL = "rcm:l1-invalidate"
-_FAILURES = (RedisError, OSError, TimeoutError)
 _SENDER_LEN = 16
-
-# GET and PTTL in one round trip; an absent key is nil.
-_GET_SCRIPT = """
-local value = redis.call('GET', KEYS[1])
-if not value then return false end
-return {value, redis.call('PTTL', KEYS[1])}
-"""
-# SET with expiry, then tell every process to drop its L1 copy.
-_SET_SCRIPT = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. KEYS[1])
-return 1
-"""
-_DELETE_SCRIPT = """
-local removed = 0
-for _, key in ipairs(KEYS) do
-  removed = removed + redis.call('UNLINK', key)
-  redis.call('PUBLISH', ARGV[1], ARGV[2] .. key)
-end
-return removed
-"""
-# Delete a lease only while `token` still holds it.
-_RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class _Script:
-    """A Lua script run with `EVALSHA`, loaded on `NOSCRIPT` (a new or restarted server)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-
-    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self.sha = await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def _consume(task: asyncio.Task[bytes | None]) -> None:
@@ -139,10 +95,9 @@ class TieredBackend:
         self.heartbeat = heartbeat
         self._client: Redis = l2.client
         self._sender = os.urandom(_SENDER_LEN // 2).hex().encode()
-        self._get_script = _Script(_GET_SCRIPT)
-        self._set_script = _Script(_SET_SCRIPT)
-        self._delete_script = _Script(_DELETE_SCRIPT)
-        self._release_script = _Script(_RELEASE_SCRIPT)
+        self._get_script = Script(GET_WITH_TTL)
+        self._set_script = Script(SET_AND_PUBLISH)
+        self._delete_script = Script(DELETE_AND_PUBLISH)
         self._inflight: dict[str, _Flight] = {}
         self._reads: dict[str, tuple[asyncio.Task[bytes | None], _Flight]] = {}
         # True only while the invalidation subscription is confirmed and answering.
@@ -188,15 +143,18 @@ class TieredBackend:
     async def _read(self, key: str, flight: _Flight, generation: int) -> bytes | None:
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.l2.timeout):
-                reply = await self._get_script(self._client, (key,), ())
-        except _FAILURES as exc:
-            raise BackendError(f"GET failed: {exc!r}") from exc
+            reply = await self.l2.call("GET", lambda: self._get_script(self._client, (key,), ()), key)
         finally:
             self._end(key, flight)
             shared = self._reads.get(key)
             if shared is not None and shared[0] is asyncio.current_task():
                 del self._reads[key]
+        return await self._fill(key, reply, flight, generation, started)
+
+    async def _fill(
+        self, key: str, reply: Any, flight: _Flight, generation: int, started: float
+    ) -> bytes | None:
+        """The value in a GET_WITH_TTL `reply`, copied into L1 unless an invalidation overlapped the read."""
         if not isinstance(reply, list) or not isinstance(reply[0], bytes):
             self.l2_misses += 1
             return None
@@ -208,6 +166,42 @@ class TieredBackend:
             await self.l1.set(key, value, lifetime - (time.monotonic() - started))
         return value
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of `keys` in order: L1 copies first, the rest read from Redis in one round trip."""
+        values: list[bytes | None] = [None] * len(keys)
+        missing: list[int] = []
+        for index, key in enumerate(keys):
+            value = await self.l1.get(key) if self._subscribed else None
+            if value is not None:
+                self.l1_hits += 1
+                values[index] = value
+            else:
+                missing.append(index)
+        if not self._subscribed:
+            self._ensure_listener()
+        if not missing:
+            return values
+        wanted = [keys[index] for index in missing]
+        generation, started = self._generation, time.monotonic()
+        flights = [self._begin(key, write=False) for key in wanted]
+        try:
+            replies = await self.l2.call(
+                "MGET", lambda: self._evals(GET_WITH_TTL, [((k,), ()) for k in wanted])
+            )
+        finally:
+            for key, flight in zip(wanted, flights, strict=True):
+                self._end(key, flight)
+        for index, key, flight, reply in zip(missing, wanted, flights, replies, strict=True):
+            values[index] = await self._fill(key, reply, flight, generation, started)
+        return values
+
+    async def _evals(self, source: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """`EVAL source` once per `(keys, args)`, all in one pipeline (one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.eval(source, len(keys), *keys, *args)
+        return await pipe.execute()
+
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         if not self._subscribed:
             self._ensure_listener()
@@ -216,15 +210,35 @@ class TieredBackend:
         flight = self._begin(key, write=True)
         started = time.monotonic()
         px = max(1, math.ceil(ttl * 1000))
+        args = (value, px, self.channel, self._sender)
         try:
-            async with asyncio.timeout(self.l2.timeout):
-                await self._set_script(self._client, (key,), (value, px, self.channel, self._sender))
-        except _FAILURES as exc:
-            raise BackendError(f"SET failed: {exc!r}") from exc
+            await self.l2.call("SET", lambda: self._set_script(self._client, (key,), args), key)
         finally:
             self._end(key, flight)
         if self._may_fill(flight, generation):
             await self.l1.set(key, value, min(ttl, self.l1_max_ttl) - (time.monotonic() - started))
+
+    async def set_many(self, items: Sequence[tuple[str, bytes, float]]) -> None:
+        """Store each `(key, value, ttl)` in Redis and publish its invalidation, in one round trip."""
+        if not items:
+            return
+        if not self._subscribed:
+            self._ensure_listener()
+        await self.l1.delete([key for key, _, _ in items])
+        generation, started = self._generation, time.monotonic()
+        flights = [self._begin(key, write=True) for key, _, _ in items]
+        calls = [
+            ((key,), (value, max(1, math.ceil(ttl * 1000)), self.channel, self._sender))
+            for key, value, ttl in items
+        ]
+        try:
+            await self.l2.call("SET", lambda: self._evals(SET_AND_PUBLISH, calls))
+        finally:
+            for (key, _, _), flight in zip(items, flights, strict=True):
+                self._end(key, flight)
+        for (key, value, ttl), flight in zip(items, flights, strict=True):
+            if self._may_fill(flight, generation):
+                await self.l1.set(key, value, min(ttl, self.l1_max_ttl) - (time.monotonic() - started))
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
@@ -233,41 +247,44 @@ class TieredBackend:
             self._ensure_listener()
         await self.l1.delete(keys)
         flights = [(key, self._begin(key, write=True)) for key in keys]
+        args = (self.channel, self._sender)
         try:
-            async with asyncio.timeout(self.l2.timeout):
-                removed = await self._delete_script(self._client, keys, (self.channel, self._sender))
-        except _FAILURES as exc:
-            raise BackendError(f"UNLINK failed: {exc!r}") from exc
+            removed = await self.l2.call("UNLINK", lambda: self._delete_script(self._client, keys, args))
         finally:
             for key, flight in flights:
                 self._end(key, flight)
         return int(removed)
 
+    async def add_to_sets(self, sets: Sequence[str], member: str, ttl: float) -> None:
+        """Sets live in Redis only (tag indexes are read by purges, never by requests)."""
+        await self.l2.add_to_sets(sets, member, ttl)
+
+    async def purge(self, pattern: str) -> int:
+        """Delete the keys matching `pattern` in Redis, then empty every L1 on the channel."""
+        try:
+            return await self.l2.purge(pattern)
+        finally:
+            await self.broadcast_clear()
+
+    async def purge_set(self, set_key: str) -> int:
+        """Delete the keys listed in `set_key` and the set in Redis, then empty every L1 on the channel."""
+        try:
+            return await self.l2.purge_set(set_key)
+        finally:
+            await self.broadcast_clear()
+
     async def broadcast_clear(self) -> None:
         """Empty the L1 of every process on the channel, this one included (after a purge, say)."""
         self._go_down_l1()
-        try:
-            async with asyncio.timeout(self.l2.timeout):
-                await self._client.publish(self.channel, self._sender)
-        except _FAILURES as exc:
-            raise BackendError(f"PUBLISH failed: {exc!r}") from exc
+        await self.l2.call("PUBLISH", lambda: self._client.publish(self.channel, self._sender))
 
     async def acquire(self, key: str, token: str, ttl: float) -> bool:
         """Take the lease `key` in Redis (`SET NX PX`); leases never go through L1."""
-        try:
-            async with asyncio.timeout(self.l2.timeout):
-                taken = await self._client.set(key, token, nx=True, px=max(1, math.ceil(ttl * 1000)))
-        except _FAILURES as exc:
-            raise BackendError(f"SET NX failed: {exc!r}") from exc
-        return bool(taken)
+        return await self.l2.acquire(key, token, ttl)
 
     async def release(self, key: str, token: str) -> None:
         """Give the lease back if `token` still holds it."""
-        try:
-            async with asyncio.timeout(self.l2.timeout):
-                await self._release_script(self._client, (key,), (token,))
-        except _FAILURES as exc:
-            raise BackendError(f"lease release failed: {exc!r}") from exc
+        await self.l2.release(key, token)
 
     async def aclose(self) -> None:
         self._closed = True
