@@ -109,9 +109,9 @@ async def measure(redis_url: str, iterations: int) -> list[tuple[str, str]]:
     await l1_cache(dict(SCOPE), _receive, _send)
 
     headers = policy.headers_map(SCOPE["headers"])
-    credentials = getattr(l1_cache, "credential_headers", ())
-    digest = keys.request_digest(rule, SCOPE, headers, None, credentials)
-    key = l1_cache.key_prefix + rule.key_name + ":" + digest
+    credentials = l1_cache.config.credential_headers
+    digest = keys.request_digest(rule.keying, SCOPE, headers, None, credentials)
+    key = l1_cache.keys.entry(rule.key_name, digest)
     data = await tiered.get(key)
     stored = entry.decode(data, key) if data is not None else None
     rows: list[tuple[str, str]] = []
@@ -136,11 +136,12 @@ async def measure(redis_url: str, iterations: int) -> list[tuple[str, str]]:
     await row("↳ RuleMatcher.match", lambda: lambda: l1_cache.rules.match("GET", PATH))
     await row("↳ policy.headers_map", lambda: lambda: policy.headers_map(SCOPE["headers"]))
     await row(
-        "↳ keys.request_digest", lambda: lambda: keys.request_digest(rule, SCOPE, headers, None, credentials)
+        "↳ keys.request_digest",
+        lambda: lambda: keys.request_digest(rule.keying, SCOPE, headers, None, credentials),
     )
     await row(
         "↳ keys.canonical_request",
-        lambda: lambda: keys.canonical_request(rule, SCOPE, headers, None, credentials),
+        lambda: lambda: keys.canonical_request(rule.keying, SCOPE, headers, None, credentials),
     )
     await row("↳ TieredBackend.get, L1 hit", lambda: lambda: tiered.get(key))
     await row("↳ MemoryBackend.get (the L1 store)", lambda: lambda: tiered.l1.get(key))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -48,7 +49,7 @@ class Model:
         return StreamingResponse(parts())
 
 
-def build(model: Model, *rules: CacheRule, **options: object) -> Starlette:
+def build(model: Model, *rules: CacheRule, **options: Any) -> Starlette:
     app = Starlette(
         routes=[Route("/predict", model.predict, methods=["GET", "POST"]), Route("/stream", model.stream)]
     )

@@ -39,7 +39,7 @@ def key(
         "query_string": query,
         "headers": raw,
     }
-    return request_digest(rule, scope, collected, body)
+    return request_digest(rule.keying, scope, collected, body)
 
 
 JSON = [(b"host", b"example.org"), (b"content-type", b"application/json")]

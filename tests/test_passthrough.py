@@ -128,7 +128,11 @@ async def test_a_client_leaving_during_its_body_is_its_own_bypass_reason() -> No
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    messages = iter([{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}])
+    sequence: list[Message] = [
+        {"type": "http.request", "body": b"{", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    messages = iter(sequence)
 
     async def receive() -> Message:
         return next(messages)

@@ -244,4 +244,4 @@ def test_lock_needs_a_locking_backend() -> None:
             return None
 
     with pytest.raises(ValueError, match="lock=True"):
-        CacheMiddleware(Starlette(), rules=[], backend=PlainBackend(), lock=True)
+        CacheMiddleware(Starlette(), rules=[], backend=PlainBackend(), lock=True)  # type: ignore[arg-type]
