@@ -92,7 +92,7 @@ async def test_an_endpoint_invalidates_through_app_state(backend: RedisBackend) 
     assert purged.json() == {"deleted": 1} and again.headers["x-cache"] == "MISS"
 
 
-async def test_memory_backend_supports_request_and_everything() -> None:
+async def test_memory_backend_supports_every_kind_of_invalidation() -> None:
     app, _counting = cached_app(MemoryBackend(), rules=RULES)
     async with client_for(app) as client:
         await client.get("/predict?x=1")
@@ -100,8 +100,11 @@ async def test_memory_backend_supports_request_and_everything() -> None:
         cache: CacheMiddleware = app.state.cache
         assert await cache.invalidate(url="http://testserver/predict?x=1") == 1
         assert await cache.invalidate(everything=True) == 1
-        with pytest.raises(TypeError, match="Redis backend"):
-            await cache.invalidate(tags=["model"])
+        await client.get("/predict?x=3")
+        assert await cache.invalidate(tags=["model"]) == 1  # the backend protocol purges sets too
+        await client.get("/predict?x=4")
+        assert await cache.invalidate(path="/predict") == 1
+        assert (await client.get("/predict?x=4")).headers["x-cache"] == "MISS"
 
 
 async def test_invalidation_on_a_redis_cluster(tmp_path: Path) -> None:
