@@ -1,4 +1,4 @@
-"""Canonical request keys: `{prefix}:{namespace}:{version}:{rule}:{digest}`.
+"""Canonical request keys and the key space they live in: `{prefix}:{namespace}:{version}:{rule}:{digest}`.
 
 The digest is BLAKE2b-128 over length-prefixed fields, so no two different field lists encode alike:
 method (HEAD as GET), scheme and Host (unless the rule opts out), root path and raw path, the query as
@@ -10,16 +10,110 @@ and for private rules the credentials.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from hashlib import blake2b
 from operator import itemgetter
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 
 import orjson
 from starlette.types import Scope
 
-from .rules import CacheRule
-
 Headers = dict[bytes, list[bytes]]
+
+TAG_SEGMENT = "tag"  # the version segment reserved for tag index sets
+_UNSAFE_KEY_CHARS = frozenset("{}: \t\r\n")
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\^])")
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
+def check_key_part(owner: str, label: str, part: str) -> None:
+    """Raise `ValueError` unless `part` can stand between the colons of a key."""
+    if not isinstance(part, str) or not part or _UNSAFE_KEY_CHARS.intersection(part):
+        raise ValueError(f"{owner} {label} must be non-empty without braces, ':' or white space: {part!r}")
+
+
+def glob_escape(text: str) -> str:
+    """`text` with every Redis glob metacharacter escaped, so a MATCH pattern takes it literally."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """What a rule adds to a request's key beyond method, URL and body; `name` is its readable segment."""
+
+    name: str
+    key_host: bool = True
+    vary_names: tuple[bytes, ...] = ()
+    private: bool = False
+
+    def __post_init__(self) -> None:
+        check_key_part("CacheRule", "name", self.name)
+        if self.name.startswith("@"):
+            raise ValueError(f"CacheRule name must not start with '@' (row spaces do): {self.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Owns every key string: entries `{prefix}:{namespace}:{version}:{rule}:{digest}`, their leases,
+    tag index sets `{prefix}:{namespace}:tag:{tag}`, and the glob patterns that select them."""
+
+    prefix: str = "rcm"
+    namespace: str = "default"
+    version: str = "1"
+    head: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for label in ("prefix", "namespace", "version"):
+            check_key_part("CacheMiddleware", label, getattr(self, label))
+        if self.version == TAG_SEGMENT:
+            raise ValueError(f"CacheMiddleware version {TAG_SEGMENT!r} is reserved for tag index keys")
+        object.__setattr__(self, "head", f"{self.prefix}:{self.namespace}:{self.version}:")
+
+    def with_version(self, version: str) -> KeySpace:
+        return KeySpace(self.prefix, self.namespace, version)
+
+    def entry(self, rule_name: str, digest: str) -> str:
+        return self.head + rule_name + ":" + digest
+
+    def row(self, space: str, digest: str) -> str:
+        """A row of a row space: `{prefix}:{namespace}:{version}:@{space}:{digest}` (rule names never
+        start with `@`)."""
+        return self.head + "@" + space + ":" + digest
+
+    @staticmethod
+    def lease(key: str) -> str:
+        """The lease that guards the computation of the entry at `key`."""
+        return key + ".lock"
+
+    def tag(self, tag: str) -> str:
+        """The set that indexes the entry keys tagged `tag`, in every version of the namespace (a ':' in
+        the tag is escaped, so no tag set ever looks like an entry key)."""
+        escaped = tag.replace("%", "%25").replace(":", "%3A")
+        return f"{self.prefix}:{self.namespace}:{TAG_SEGMENT}:{escaped}"
+
+    def tags_glob(self) -> str:
+        """Every tag set of the namespace."""
+        return f"{glob_escape(self.prefix)}:{glob_escape(self.namespace)}:{TAG_SEGMENT}:*"
+
+    def entries_glob(self, rule_name: str | None = None, version: str | None = None) -> str:
+        """Entry keys (and their leases) of one rule and/or one version, None meaning any; tag sets have
+        one segment too few to match."""
+        head = f"{glob_escape(self.prefix)}:{glob_escape(self.namespace)}:"
+        version_part = "*" if version is None else glob_escape(version)
+        rule_part = "*" if rule_name is None else glob_escape(rule_name)
+        return f"{head}{version_part}:{rule_part}:*"
+
+    def parse(self, key: str) -> tuple[str, str, str] | None:
+        """(version, rule, digest and any suffix) when `key` is an entry key of the namespace, else None."""
+        head = f"{self.prefix}:{self.namespace}:"
+        if not key.startswith(head) or key.startswith(f"{head}{TAG_SEGMENT}:"):
+            return None
+        parts = key[len(head) :].split(":", 2)
+        if len(parts) != 3 or not parts[0] or not parts[1] or not _DIGEST.match(parts[2]):
+            return None
+        return parts[0], parts[1], parts[2]
+
 
 # Fields that proxies and frameworks use to rewrite the URL, host, scheme or method. An app may reflect
 # them into a response, so they are always keyed: a request carrying one never shares an entry with one
@@ -63,9 +157,20 @@ def canonical_query(query_string: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
+# JSON bodies larger than this are keyed on their bytes: canonicalising them would hold the event loop
+# for milliseconds per request (a 50 MiB body: about a second).
+CANONICAL_JSON_LIMIT = 1024 * 1024
+
+
 def canonical_body(content_type: bytes | None, body: bytes) -> bytes:
-    """JSON bodies re-serialised with sorted keys (tag `j`); anything else as its bytes (tag `r`)."""
-    if content_type is not None and _is_json(content_type) and not _LONG_NUMBER.search(body):
+    """JSON bodies up to `CANONICAL_JSON_LIMIT` re-serialised with sorted keys (tag `j`); anything else
+    as its bytes (tag `r`)."""
+    if (
+        content_type is not None
+        and len(body) <= CANONICAL_JSON_LIMIT
+        and _is_json(content_type)
+        and not _LONG_NUMBER.search(body)
+    ):
         try:
             return b"j" + orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
         except orjson.JSONDecodeError:
@@ -79,21 +184,14 @@ def _is_json(content_type: bytes) -> bool:
 
 
 def canonical_request(
-    rule: CacheRule, scope: Scope, headers: Headers, body: bytes | None, credentials: tuple[bytes, ...] = ()
+    rule: KeySpec, scope: Scope, headers: Headers, body: bytes | None, credentials: tuple[bytes, ...] = ()
 ) -> bytes:
     """The unambiguous encoding of everything that selects a response for this request under `rule`."""
     out: list[bytes] = []
     append = out.append
 
     def put_header(name: bytes) -> None:
-        values = headers.get(name)
-        if not values:
-            append(b"\x00\x00")
-            return
-        append(len(values).to_bytes(2, "big"))
-        for value in values:
-            append(len(value).to_bytes(4, "big"))
-            append(value)
+        _put_header(out, headers, name)
 
     method = str(scope["method"])
     append(_GET if method in ("GET", "HEAD") else _field(method.encode("ascii")))
@@ -119,19 +217,55 @@ def canonical_request(
         append(b"\x01")
         content_type = headers.get(b"content-type")
         append(_field(canonical_body(content_type[0] if content_type else None, body)))
-    for name in rule.vary_names:
-        append(_field(name))
-        put_header(name)
+    _put_context(out, rule, headers, credentials)
+    return b"".join(out)
+
+
+def row_context(
+    spec: KeySpec, scope: Scope, headers: Headers, other: bytes, credentials: tuple[bytes, ...] = ()
+) -> bytes:
+    """What, besides the row itself, selects a row's answer: scheme and Host (unless the rule opts out),
+    `other` (the canonical rest of the request: every other body field and query pair), the `vary`
+    headers, URL-rewriting headers and, on private rules, the credentials. Method and path are left out,
+    so that every route of one row space shares its rows."""
+    out: list[bytes] = [b"row"]
+    if spec.key_host:
+        out.append(_field(str(scope.get("scheme", "http")).encode("ascii", "replace")))
+        _put_header(out, headers, b"host")
+    out.append(_field(other))
+    _put_context(out, spec, headers, credentials)
+    return b"".join(out)
+
+
+def row_digest(context: bytes, row: bytes) -> str:
+    """The digest of one row (its canonical bytes) in its context."""
+    return blake2b(_field(context) + row, digest_size=16).hexdigest()
+
+
+def _put_context(out: list[bytes], spec: KeySpec, headers: Headers, credentials: tuple[bytes, ...]) -> None:
+    for name in spec.vary_names:
+        out.append(_field(name))
+        _put_header(out, headers, name)
     if _URL_REWRITING.isdisjoint(headers):  # the usual case: one constant instead of 13 calls
-        append(_NO_URL_REWRITING)
+        out.append(_NO_URL_REWRITING)
     else:
         for name in URL_REWRITING_HEADERS:
-            put_header(name)
-    if rule.private:
+            _put_header(out, headers, name)
+    if spec.private:
         for name in credentials:
-            append(_field(name))
-            put_header(name)
-    return b"".join(out)
+            out.append(_field(name))
+            _put_header(out, headers, name)
+
+
+def _put_header(out: list[bytes], headers: Headers, name: bytes) -> None:
+    values = headers.get(name)
+    if not values:
+        out.append(b"\x00\x00")
+        return
+    out.append(len(values).to_bytes(2, "big"))
+    for value in values:
+        out.append(len(value).to_bytes(4, "big"))
+        out.append(value)
 
 
 def _field(data: bytes) -> bytes:
@@ -140,7 +274,7 @@ def _field(data: bytes) -> bytes:
 
 
 def request_digest(
-    rule: CacheRule, scope: Scope, headers: Headers, body: bytes | None, credentials: tuple[bytes, ...] = ()
+    rule: KeySpec, scope: Scope, headers: Headers, body: bytes | None, credentials: tuple[bytes, ...] = ()
 ) -> str:
     """Fixed-length hex digest of the canonical request; a private rule adds the `credentials` fields."""
     return blake2b(canonical_request(rule, scope, headers, body, credentials), digest_size=16).hexdigest()
@@ -156,3 +290,68 @@ def variant_key(primary_key: str, names: tuple[bytes, ...], headers: Headers) ->
         for value in values:
             out += [len(value).to_bytes(4, "big"), value]
     return base + ":" + blake2b(b"".join(out), digest_size=16).hexdigest()
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+def request_scope(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    root_path: str = "",
+) -> tuple[Scope, Headers, bytes | None]:
+    """A request described from outside (invalidation, operators) as the middleware would see it: an
+    ASGI-like scope, its header map and the body it keys on. Host comes from the URL (default port
+    dropped) unless a Host header is given; the body counts for every method but GET and HEAD, and for
+    those too when there is a body or a Content-Length."""
+    parts = urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS or not parts.netloc:
+        raise ValueError(f"url must be absolute http(s)://host/path, got {url!r}")
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+    header_map: Headers = {}
+    for name, value in pairs:
+        header_map.setdefault(name.strip().lower().encode("latin-1"), []).append(_header_bytes(value.strip()))
+    if b"host" not in header_map:
+        host = parts.netloc.rpartition("@")[2]
+        if parts.port is not None and parts.port == _DEFAULT_PORTS[parts.scheme] and not host.endswith("]"):
+            host = host.rpartition(":")[0]
+        header_map[b"host"] = [host.encode("idna") if not host.isascii() else host.encode("ascii")]
+    method = method.upper()
+    reads_body = method not in ("GET", "HEAD") or b"content-length" in header_map
+    reads_body = reads_body or b"transfer-encoding" in header_map or body is not None
+    raw_path = quote(parts.path or "/", safe=_PATH_SAFE)
+    scope: Scope = {
+        "type": "http",
+        "method": method,
+        "scheme": parts.scheme,
+        "root_path": root_path,
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode("ascii"),
+        "query_string": parts.query.encode("utf-8"),
+        "headers": [(name, value) for name, values in header_map.items() for value in values],
+    }
+    return scope, header_map, (body or b"") if reads_body else None
+
+
+def described_digest(
+    spec: KeySpec,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    root_path: str = "",
+    credentials: tuple[bytes, ...] = (),
+) -> str:
+    """The digest the middleware keys this described request on under `spec` (every version alike)."""
+    scope, header_map, key_body = request_scope(method, url, body, headers, root_path)
+    return request_digest(spec, scope, header_map, key_body, credentials)
+
+
+def _header_bytes(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")

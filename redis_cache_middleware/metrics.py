@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +28,20 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
-OUTCOMES = ("hit", "miss", "stale", "collapsed", "revalidated", "bypass")
+
+
+class Outcome(enum.Enum):
+    """How a response was produced, as metrics count it."""
+
+    HIT = "hit"
+    MISS = "miss"
+    STALE = "stale"
+    COLLAPSED = "collapsed"
+    REVALIDATED = "revalidated"
+    BYPASS = "bypass"
+
+
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
 @dataclass(slots=True)
@@ -78,11 +92,11 @@ class Metrics:
             metrics = self.rules[name] = RuleMetrics()
         return metrics
 
-    def served(self, rule: str, outcome: str, seconds: float) -> None:
+    def served(self, rule: str, outcome: Outcome, seconds: float) -> None:
         """Record a response: a hit-like outcome times the hit histogram, a miss the miss histogram."""
         metrics = self.rule(rule)
-        metrics.outcomes[outcome] += 1
-        (metrics.miss_latency if outcome == "miss" else metrics.hit_latency).observe(seconds)
+        metrics.outcomes[outcome.value] += 1
+        (metrics.miss_latency if outcome is Outcome.MISS else metrics.hit_latency).observe(seconds)
 
     def bypassed(self, rule: str, reason: str) -> None:
         metrics = self.rule(rule)

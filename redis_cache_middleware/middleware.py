@@ -23,7 +23,7 @@ from .breaker import CircuitBreaker
 from .coalesce import SingleFlight, wait
 from .entry import MUST_REVALIDATE, REVALIDATABLE, Entry, VaryMarker, decode, encode, encode_marker
 from .keys import Headers, request_digest, variant_key
-from .metrics import Metrics
+from .metrics import Metrics, Outcome
 from .rules import CacheRule, RuleMatcher
 
 logger = logging.getLogger(__name__)
@@ -372,7 +372,9 @@ class CacheMiddleware:
         try:
             await self.app(scope, request.receive, responder.send)
             if responder.mode == "forward" and request.send is not _discard:
-                self.metrics.served(request.rule.key_name, "miss", time.perf_counter() - request.started)
+                self.metrics.served(
+                    request.rule.key_name, Outcome.MISS, time.perf_counter() - request.started
+                )
         except Exception:
             if responder.started or not self._serves_stale_on_error(request.rule, stale):
                 raise
@@ -471,7 +473,9 @@ class CacheMiddleware:
                 else None
             )
             self.metrics.served(
-                request.rule.key_name, outcome or x_cache.lower(), time.perf_counter() - request.started
+                request.rule.key_name,
+                Outcome(outcome or x_cache.lower()),
+                time.perf_counter() - request.started,
             )
 
     async def _send_only_if_cached(self, request: _Request) -> None:

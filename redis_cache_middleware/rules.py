@@ -10,8 +10,12 @@ from re import Pattern
 
 from starlette.routing import compile_path
 
+from .keys import KeySpec
+
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "QUERY", "OPTIONS"})
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# RFC 9110 section 9.2.1 (and the QUERY method draft): methods that never change the resource.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "QUERY"})
 _PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(:[a-zA-Z_][a-zA-Z0-9_]*)?}")
 
 
@@ -27,7 +31,8 @@ class CacheRule:
     storage and lifetime, `ttl` being the upper bound (RFC 9111 shared cache). `private`: credentialed
     requests are cached per credential instead of bypassing. `stale_while_revalidate` / `stale_if_error`:
     seconds after expiry a stale entry may be served while refreshing / when the app fails.
-    `invalidate_on`: unsafe methods whose 2xx/3xx response on a matching URL drops its cached GET entry.
+    `invalidate_on`: unsafe methods whose 2xx/3xx response on a matching URL drops its cached GET entry;
+    with `honor_origin` and no `invalidate_on`, every unsafe method does (RFC 9111 section 4.4).
     `early_refresh`: XFetch beta (e.g. 1.0) to refresh hot entries before they expire; None is off.
     `tags`: names every entry of this rule is indexed under, for `CacheMiddleware.invalidate(tags=...)`.
     """
@@ -55,6 +60,7 @@ class CacheRule:
     status_set: frozenset[int] = field(init=False, repr=False, compare=False)
     vary_names: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
     key_name: str = field(init=False, repr=False, compare=False)
+    keying: KeySpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path.startswith("/"):
@@ -98,17 +104,22 @@ class CacheRule:
             if not isinstance(getattr(self, limit), int) or getattr(self, limit) < 0:
                 raise ValueError(f"CacheRule {limit} must be a non-negative int")
         name = self.name if self.name is not None else _PARAM.sub(r"<\1>", self.path)
-        if not name or any(c in name for c in "{}: \r\n"):
-            raise ValueError(f"CacheRule name must be non-empty without braces, ':' or spaces: {name!r}")
+        vary_names = tuple(sorted({h.lower().encode("latin-1") for h in self.vary}))
+        keying = KeySpec(name, self.key_host, vary_names, self.private)
         regex = compile_path(self.path)[0] if _PARAM.search(self.path) else None
         object.__setattr__(self, "regex", regex)
         object.__setattr__(self, "method_set", methods)
         object.__setattr__(self, "invalidating_methods", invalidating)
         object.__setattr__(self, "status_set", statuses)
-        object.__setattr__(
-            self, "vary_names", tuple(sorted({h.lower().encode("latin-1") for h in self.vary}))
-        )
+        object.__setattr__(self, "vary_names", vary_names)
         object.__setattr__(self, "key_name", name)
+        object.__setattr__(self, "keying", keying)
+
+    def invalidates(self, method: str) -> bool:
+        """Whether a `method` request on this rule's URLs invalidates their stored GET responses."""
+        if self.invalidate_on or not self.honor_origin:
+            return method in self.invalidating_methods
+        return method not in SAFE_METHODS and method not in self.method_set
 
 
 class RuleMatcher:
@@ -133,7 +144,7 @@ class RuleMatcher:
     def match(self, method: str, path: str) -> CacheRule | None:
         """The matching rule, or None when the request is not cached by any rule."""
         for index, rule in self._exact.get(path, ()):
-            if method in rule.method_set or method in rule.invalidating_methods:
+            if method in rule.method_set or rule.invalidates(method):
                 best_index, best = index, rule
                 break
         else:
@@ -141,7 +152,7 @@ class RuleMatcher:
         for index, rule in self._templates:
             if index >= best_index:
                 break
-            if (method in rule.method_set or method in rule.invalidating_methods) and (
+            if (method in rule.method_set or rule.invalidates(method)) and (
                 rule.regex is not None and rule.regex.match(path)
             ):
                 return rule
