@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import admin
+from . import ops as admin
 from .backends import RedisBackend
 from .policy import CREDENTIAL_HEADERS
 from .rules import CacheRule

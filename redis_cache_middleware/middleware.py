@@ -17,7 +17,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admin, policy
+from . import ops, policy
 from .backends import Backend, BackendError, LockingBackend, MemoryBackend, PartialBackendError, RedisBackend
 from .breaker import CircuitBreaker
 from .coalesce import SingleFlight, wait
@@ -561,7 +561,7 @@ class CacheMiddleware:
         try:
             async with asyncio.timeout(getattr(self.backend, "timeout", 0.05)):
                 for key in (entry.key, primary_key) if entry.vary else (entry.key,):
-                    await admin.index_tags(client, self.prefix, self.namespace, key, tags, keep)
+                    await ops.index_tags(client, self.prefix, self.namespace, key, tags, keep)
         except (RedisError, OSError, TimeoutError) as exc:
             logger.debug("could not index tags %s of %s: %r", tags, entry.key, exc)
 
@@ -586,7 +586,7 @@ class CacheMiddleware:
             rule = self.rules.match(method.upper(), urlsplit(url).path or "/")
             if rule is None:
                 raise ValueError(f"no cache rule matches {method} {url}")
-            key = admin.request_key(
+            key = ops.request_key(
                 prefix=self.prefix,
                 namespace=self.namespace,
                 version=self.version,
@@ -611,15 +611,15 @@ class CacheMiddleware:
                 rule = rule or self.rules.match("GET", path)
                 if rule is None:
                     raise ValueError(f"no cache rule for path {path!r}")
-                count = await admin.purge(
+                count = await ops.purge(
                     client, prefix=self.prefix, namespace=self.namespace, rule=rule.key_name
                 )
             elif tags:
                 count = 0
                 for tag in tags:
-                    count += await admin.purge(client, prefix=self.prefix, namespace=self.namespace, tag=tag)
+                    count += await ops.purge(client, prefix=self.prefix, namespace=self.namespace, tag=tag)
             else:
-                count = await admin.purge(client, prefix=self.prefix, namespace=self.namespace, all=True)
+                count = await ops.purge(client, prefix=self.prefix, namespace=self.namespace, all=True)
         except (RedisError, OSError) as exc:
             raise BackendError(f"invalidate failed: {exc!r}") from exc
         what = path or (tags and f"tags {list(tags)}") or "everything"

@@ -13,7 +13,7 @@ import redis
 from redis.asyncio import Redis, RedisCluster
 
 from redis_cache_middleware import Backend, CacheMiddleware, CacheRule, RedisBackend
-from redis_cache_middleware.admin import (
+from redis_cache_middleware.ops import (
     follow_vary,
     index_tags,
     inspect,

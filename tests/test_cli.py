@@ -98,7 +98,7 @@ async def test_inspect_by_key_or_by_request(
 async def test_purge_by_rule_tag_version_request_and_all(
     redis_server: RedisServer, backend: RedisBackend, redis_client: redis.Redis
 ) -> None:
-    from redis_cache_middleware.admin import index_tags
+    from redis_cache_middleware.ops import index_tags
 
     await populate(backend, version="1", items=3)
     await populate(backend, version="2", items=3)
