@@ -1,7 +1,9 @@
 """`python -m redis_cache_middleware {stats,keys,inspect,purge}`: operator commands over the cache's Redis.
 
-Exit codes: 0 done, 1 `inspect` found nothing, 2 usage error or Redis unreachable / failing.
-The signing key, when the middleware has one, comes from $RCM_SIGNING_KEY (never from the command line).
+Exit codes: 0 done, 1 nothing found (or a namespace without entries), 2 usage error, several namespaces
+to choose from, or Redis unreachable / failing. `--app module:attr` (or $RCM_APP) reads Redis URL, prefix,
+namespace, version, rules, signing key and credential headers from the app's `CacheMiddleware`; flags
+given explicitly win. Otherwise the signing key comes from $RCM_SIGNING_KEY (never the command line).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,11 +25,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import ops as admin
 from .backends import RedisBackend
+from .keys import KeySpace
+from .ops.app import AppConfigError, CacheSettings, cache_settings, import_app
 from .policy import CREDENTIAL_HEADERS
 from .rules import CacheRule
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "default"
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
 
 class Failure(Exception):
@@ -38,23 +43,38 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
+        "--app",
+        default=os.environ.get("RCM_APP") or None,
+        metavar="MODULE:ATTR",
+        help="read the cache's settings from this app's CacheMiddleware (default: $RCM_APP)",
+    )
+    common.add_argument("--factory", action="store_true", help="--app names a function returning the app")
+    common.add_argument(
+        "--cache", type=int, metavar="N", help="with --app: the N-th CacheMiddleware (0-based)"
+    )
+    common.add_argument(
         "--redis-url",
-        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
         help="redis://, rediss://, unix://, redis+cluster://h:p[,h:p], redis+sentinel://h:p/service "
-        "(default: $REDIS_URL, else %(default)s)",
+        f"(default: the app's, else $REDIS_URL, else {DEFAULT_REDIS_URL})",
     )
     common.add_argument(
         "--cluster", action="store_true", help="treat --redis-url as a node of a Redis Cluster"
     )
-    common.add_argument("--prefix", default=admin.DEFAULT_PREFIX, help="key prefix (default: %(default)s)")
+    common.add_argument("--prefix", help=f"key prefix (default: the app's, else {admin.DEFAULT_PREFIX})")
     common.add_argument(
-        "--namespace", default=DEFAULT_NAMESPACE, help="the middleware's namespace (default: %(default)s)"
+        "--namespace",
+        help="the middleware's namespace (default: the app's, else the only one found under the prefix)",
     )
     common.add_argument("--timeout", type=float, default=5.0, help="seconds per Redis call (default: 5)")
 
     request = argparse.ArgumentParser(add_help=False)
     group = request.add_argument_group("a request (its key is computed the way the middleware does)")
     group.add_argument("--url", help="the URL as the app receives it, e.g. http://testserver/predict?x=1")
+    group.add_argument(
+        "--base-url",
+        default=os.environ.get("RCM_BASE_URL", DEFAULT_BASE_URL),
+        help="scheme and Host a relative URL is resolved against (default: $RCM_BASE_URL, else %(default)s)",
+    )
     group.add_argument("--method", default="GET", help="request method (default: GET)")
     group.add_argument("--data", help="request body; @FILE reads a file, @- standard input")
     group.add_argument(
@@ -96,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect", parents=[common, rule, request], help="one entry: status, headers, age, TTL, body preview"
     )
+    inspect.add_argument(
+        "request", nargs="*", metavar="[METHOD] URL", help="the request, e.g. GET '/predict?x=1' (like --url)"
+    )
     inspect.add_argument("--key", help="the entry's full key")
     inspect.add_argument("--version", help="with --url: the version (default: look in every version)")
     inspect.add_argument("--json", action="store_true", help="print JSON (a list of entries)")
@@ -126,12 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rule = _rule(args) if args.command in ("inspect", "purge") else None
+        settings = _app_settings(args)
+        _positional_request(args)
+        rule = _rule(args, settings) if args.command in ("inspect", "purge") else None
         _check_selection(args, rule)
     except ValueError as exc:
         args.parser.error(str(exc))
+    except AppConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
-        return asyncio.run(_run(args, rule))
+        return asyncio.run(_run(args, rule, settings))
     except Failure as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -139,10 +167,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-async def _run(args: argparse.Namespace, rule: CacheRule | None) -> int:
+def _app_settings(args: argparse.Namespace) -> CacheSettings | None:
+    """Read --app's cache settings and fill in every option not given as a flag."""
+    settings = None
+    if args.app is not None:
+        settings = cache_settings(import_app(args.app, args.factory), args.cache)
+    elif args.cache is not None:
+        raise ValueError("--cache needs --app")
+    if args.redis_url is None:
+        from_app = settings.redis_url if settings is not None else None
+        args.redis_url = from_app or os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    if args.prefix is None:
+        args.prefix = settings.prefix if settings is not None else admin.DEFAULT_PREFIX
+    if args.namespace is None and settings is not None:
+        args.namespace = settings.namespace
+    return settings
+
+
+def _positional_request(args: argparse.Namespace) -> None:
+    """`inspect [METHOD] URL`: the same as --method/--url; a relative URL is resolved on --base-url."""
+    words = getattr(args, "request", [])
+    if len(words) > 2:
+        raise ValueError("inspect takes [METHOD] URL")
+    if words:
+        if args.url is not None:
+            raise ValueError("give the URL once: as an argument or with --url")
+        if len(words) == 2:
+            args.method = words[0]
+        args.url = words[-1]
+    if args.command in ("inspect", "purge") and args.url is not None and args.url.startswith("/"):
+        args.url = urljoin(args.base_url, args.url)
+
+
+async def _run(args: argparse.Namespace, rule: CacheRule | None, settings: CacheSettings | None) -> int:
     backend = make_backend(args.redis_url, cluster=args.cluster, timeout=args.timeout)
     client = backend.client
     try:
+        if args.namespace is None:
+            args.namespace = await _only_namespace(client, args.prefix)
+        args.settings = settings
         command = {"stats": _stats, "keys": _keys, "inspect": _inspect, "purge": _purge}[args.command]
         return await command(client, args, rule)
     except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
@@ -179,10 +242,27 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _rule(args: argparse.Namespace) -> CacheRule | None:
-    """The rule named by --path or --rule, with the key options of --method, --vary and --no-key-host."""
+async def _only_namespace(client: Redis | RedisCluster, prefix: str) -> str:
+    """The one namespace with entries under `prefix`; several or none: a Failure that lists them."""
+    found = await admin.find_namespaces(client, prefix)
+    if len(found) == 1:
+        return next(iter(found))
+    if not found:
+        raise Failure(f"no cache entries under prefix {prefix!r}; give --namespace or --app")
+    listing = "\n".join(
+        f"  {name}: " + ", ".join(f"version {v} ({n} keys)" for v, n in versions.items())
+        for name, versions in found.items()
+    )
+    raise Failure(f"several namespaces under prefix {prefix!r}; choose one with --namespace:\n{listing}")
+
+
+def _rule(args: argparse.Namespace, settings: CacheSettings | None = None) -> CacheRule | None:
+    """The rule named by --path or --rule (from the app's rules with --app, else built from --method,
+    --vary, --no-key-host and --private), or with --app the rule that routes --url."""
     if args.rule_path is not None and args.rule_name is not None:
         raise ValueError("give --path or --rule, not both")
+    if settings is not None:
+        return _app_rule(args, settings)
     if args.rule_path is None and args.rule_name is None:
         return None
     path = args.rule_path if args.rule_path is not None else "/"
@@ -195,6 +275,18 @@ def _rule(args: argparse.Namespace) -> CacheRule | None:
         name=args.rule_name,
         private=args.private,
     )
+
+
+def _app_rule(args: argparse.Namespace, settings: CacheSettings) -> CacheRule | None:
+    named = args.rule_path if args.rule_path is not None else args.rule_name
+    if named is None and args.url is None:
+        return None
+    path = named if named is not None else urlsplit(args.url).path or "/"
+    rule = settings.rule_for(args.method.upper(), path)
+    if rule is None:
+        known = ", ".join(f"{r.path} ({r.key_name})" for r in settings.rules)
+        raise ValueError(f"no rule of the app for {path!r}; its rules: {known}")
+    return rule
 
 
 def _check_selection(args: argparse.Namespace, rule: CacheRule | None) -> None:
@@ -265,8 +357,27 @@ async def _stats(client: Redis | RedisCluster, args: argparse.Namespace, _: Cach
         f"            server-wide: hits {info['keyspace_hits']}, misses {info['keyspace_misses']}{hit_rate}, "
         f"evicted {info['evicted_keys']}, clients {info['connected_clients']}",
     ]
-    print("\n".join(lines))
+    print("\n".join(lines + _counter_lines(stats["counters"])))
     return 0
+
+
+def _counter_lines(counters: dict[str, dict[str, float]]) -> list[str]:
+    """Per rule, from the Redis-side counters of every process: responses, hit ratio, app time saved."""
+    if not counters:
+        return ["served      no counters yet (the middleware writes them at most once a second)"]
+    lines = ["served (every process, from Redis counters):"]
+    width = max(len(name) for name in counters)
+    for name, fields in sorted(counters.items()):
+        answered = sum(fields.get(o, 0.0) for o in ("hit", "stale", "collapsed", "revalidated"))
+        total = answered + fields.get("miss", 0.0)
+        ratio = f"{answered / total:.1%}" if total else "-"
+        line = f"  {name:<{width}}  {int(total + fields.get('bypass', 0.0))} responses, hit ratio {ratio}, "
+        line += f"app time saved {fields.get('saved_seconds', 0.0):.3f} s"
+        if fields.get("rows_hit") or fields.get("rows_computed"):
+            hit, computed = int(fields.get("rows_hit", 0)), int(fields.get("rows_computed", 0))
+            line += f", rows {hit} hit / {computed} computed"
+        lines.append(line)
+    return lines
 
 
 async def _keys(client: Redis | RedisCluster, args: argparse.Namespace, _: CacheRule | None) -> int:
@@ -281,16 +392,25 @@ async def _keys(client: Redis | RedisCluster, args: argparse.Namespace, _: Cache
 async def _inspect(client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule | None) -> int:
     targets, where = await _targets(client, args, rule)
     keys = [key for pair in targets for key in pair if key is not None]
-    signing_key = _signing_key()
+    signing_key = _signing_key(args)
     entries = [await admin.inspect(client, key, signing_key=signing_key) for key in keys]
     found = [entry for entry in entries if entry is not None]
     if args.json:
         _print_json(found)
     elif not found:
-        print(f"no entry {where}")
+        print(f"no entry {where}{await _empty_note(client, args)}")
     else:
         print("\n\n".join(_describe_entry(entry) for entry in found))
     return 0 if found else 1
+
+
+async def _empty_note(client: Redis | RedisCluster, args: argparse.Namespace) -> str:
+    """A note when the namespace has no entry at all (a wrong namespace or prefix, most likely)."""
+    if await admin.sample_keys(client, prefix=args.prefix, namespace=args.namespace, limit=1):
+        return ""
+    found = await admin.find_namespaces(client, args.prefix)
+    others = f"; namespaces with entries: {', '.join(found)}" if found else ""
+    return f" (namespace {args.namespace} under prefix {args.prefix} has no entries at all{others})"
 
 
 async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule | None) -> int:
@@ -308,8 +428,9 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
                 else await admin.purge_request(client, key, l1_channel=args.l1_channel)
             )
         ]
-        print(f"{verb} {_entries(len(done))}: {', '.join(done) if done else f'no entry {missing}'}")
-        return 0
+        note = "" if done else await _empty_note(client, args)
+        print(f"{verb} {_entries(len(done))}: {', '.join(done) if done else f'no entry {missing}'}{note}")
+        return 1 if note else 0
     count = await admin.purge(
         client,
         prefix=args.prefix,
@@ -333,7 +454,10 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
         print(f"{verb} {_entries(count)} (every version) {where}{extra}")
     else:
         print(f"{verb} {_entries(count)} of version {args.version} {where}")
-    return 0
+    note = "" if count else await _empty_note(client, args)
+    if note:
+        print(note.strip(" ()"), file=sys.stderr)
+    return 1 if note else 0
 
 
 async def _targets(
@@ -344,9 +468,8 @@ async def _targets(
     if args.key is not None:
         return [(args.key, None)], f"at {args.key}"
     assert rule is not None
-    credentials = (
-        tuple(name.lower().encode("latin-1") for name in args.credential_header) or CREDENTIAL_HEADERS
-    )
+    from_app = args.settings.credential_headers if args.settings is not None else CREDENTIAL_HEADERS
+    credentials = tuple(name.lower().encode("latin-1") for name in args.credential_header) or from_app
     try:
         headers = [_header(text) for text in args.header]
         body = _body(args.data)
@@ -357,18 +480,21 @@ async def _targets(
     except (ValueError, OSError) as exc:
         raise Failure(str(exc)) from exc
     if args.version is not None:
-        keys = [f"{args.prefix}:{args.namespace}:{args.version}:{rule.key_name}:{digest}"]
+        keys = [KeySpace(args.prefix, args.namespace, args.version).entry(rule.key_name, digest)]
         where = f"at {keys[0]}"
     else:
         keys = await admin.locate_request(
             client, prefix=args.prefix, namespace=args.namespace, rule=rule, digest=digest
         )
         where = "for this request in any version"
-    signing_key = _signing_key()
+    signing_key = _signing_key(args)
     return [(key, await admin.follow_vary(client, key, header_map, signing_key)) for key in keys], where
 
 
-def _signing_key() -> bytes | None:
+def _signing_key(args: argparse.Namespace) -> bytes | None:
+    """The app's signing key with --app, else $RCM_SIGNING_KEY."""
+    if args.settings is not None and args.settings.signing_key is not None:
+        return bytes(args.settings.signing_key)
     value = os.environ.get("RCM_SIGNING_KEY")
     return value.encode() if value else None
 
