@@ -390,3 +390,24 @@ async def test_purges_reach_the_l1_of_tiered_backends(
             await eventually_miss(1)
     finally:
         await tiered.aclose()
+
+
+async def test_memory_check_warns_when_redis_would_fill_up(client: Redis) -> None:
+    from redis_cache_middleware.ops import memory_policy, memory_warning
+
+    unlimited = await memory_policy(client)
+    assert unlimited[0] == 0
+    warning = memory_warning(unlimited)
+    assert warning is not None and "no maxmemory" in warning and "\n" not in warning
+    await client.config_set("maxmemory", "100mb")
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        never_evicts = memory_warning(await memory_policy(client))
+        assert never_evicts is not None and "noeviction" in never_evicts
+        await client.config_set("maxmemory-policy", "allkeys-lru")
+        assert await memory_policy(client) == (100 * 1024 * 1024, "allkeys-lru")
+        assert memory_warning(await memory_policy(client)) is None
+    finally:
+        await client.config_set("maxmemory", "0")
+        await client.config_set("maxmemory-policy", "noeviction")
+    assert memory_warning(None) is None  # policy unknown (CONFIG disabled): no guess
