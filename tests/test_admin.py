@@ -13,6 +13,7 @@ import redis
 from redis.asyncio import Redis, RedisCluster
 
 from redis_cache_middleware import Backend, CacheMiddleware, CacheRule, RedisBackend
+from redis_cache_middleware.backends.tiered import TieredBackend
 from redis_cache_middleware.ops import (
     follow_vary,
     index_tags,
@@ -24,7 +25,6 @@ from redis_cache_middleware.ops import (
     sample_keys,
     tag_key,
 )
-from redis_cache_middleware.backends.tiered import TieredBackend
 
 from .apps import DEFAULT_RULES, CountingApp, store_signed_variants
 from .conftest import client_for
