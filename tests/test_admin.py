@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -411,3 +412,29 @@ async def test_memory_check_warns_when_redis_would_fill_up(client: Redis) -> Non
         await client.config_set("maxmemory", "0")
         await client.config_set("maxmemory-policy", "noeviction")
     assert memory_warning(None) is None  # policy unknown (CONFIG disabled): no guess
+
+
+async def test_cli_finds_the_namespace_and_reads_the_app_on_a_cluster(
+    cluster: LocalCluster, cluster_backend: RedisBackend
+) -> None:
+    from redis_cache_middleware.ops import memory_policy
+
+    from .ops_app import OPTIONS
+
+    await populate(cluster_backend, namespace=str(OPTIONS["namespace"]), version=str(OPTIONS["version"]))
+    env = {**os.environ, "RCM_TEST_REDIS_URL": cluster.url, "RCM_BASE_URL": "http://testserver"}
+
+    async def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "redis_cache_middleware", *args]
+        return await asyncio.to_thread(
+            subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+        )
+
+    stats = await run("stats", "--redis-url", cluster.url)  # no namespace: the only one is found
+    assert stats.returncode == 0, stats.stderr
+    assert "namespace   opsapp" in stats.stdout and "entries     6\n" in stats.stdout
+    assert "on 3 primaries" in stats.stdout
+    purged = await run("purge", "--app", "tests.ops_app:app", "--path", "/predict")
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.startswith("deleted 4 entries of rule /predict (every version) in namespace opsapp")
+    assert await memory_policy(cluster_backend.client) == (0, "noeviction")
