@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from starlette.applications import Starlette
 
@@ -12,7 +13,7 @@ from .apps import CountingApp
 
 REDIS_URL = os.environ.get("RCM_TEST_REDIS_URL", "redis://127.0.0.1:1/0")
 RULES = [CacheRule("/predict", ttl=60, methods=("GET", "POST")), CacheRule("/items/{item_id}", ttl=60)]
-OPTIONS: dict[str, object] = {
+OPTIONS: dict[str, Any] = {
     "rules": RULES,
     "namespace": "opsapp",
     "version": "7",

@@ -101,7 +101,7 @@ def test_prometheus_exposes_time_saved_and_rows() -> None:
         def collect(self) -> Iterator[Any]:
             return metrics.collect({"state": "closed", "total_failures": 0})
 
-    registry.register(Collector())  # type: ignore[arg-type]
+    registry.register(Collector())
     text = generate_latest(registry).decode()
     assert 'rcm_saved_seconds_total{rule="/predict"} 1.5' in text
     assert 'rcm_rows_total{result="hit",rule="/batch"} 4.0' in text

@@ -79,7 +79,9 @@ async def test_gzip_outside_the_cache_stores_identity_bodies_and_compresses_each
     assert "content-encoding" not in plain.headers and plain.headers["x-cache"] == "HIT"
     assert zipped.json() == plain.json() and counting.calls["predict"] == 1  # one entry serves both
     (key,) = [k.decode() for k in redis_client.scan_iter("rcm:order:*")]
-    entry = decode(redis_client.get(key) or b"", key)
+    stored = redis_client.get(key)
+    assert isinstance(stored, bytes)
+    entry = decode(stored, key)
     assert isinstance(entry, Entry) and orjson.loads(entry.body) == plain.json()  # identity body
     assert b"content-encoding" not in dict(entry.headers)
 
