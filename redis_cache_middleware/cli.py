@@ -15,7 +15,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
@@ -25,123 +24,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import ops as admin
 from .backends import RedisBackend
+from .cli_parser import DEFAULT_REDIS_URL, build_parser
 from .keys import KeySpace
 from .ops.app import AppConfigError, CacheSettings, cache_settings, import_app
+from .ops.report import describe_entry, entries_text, stats_text
 from .policy import CREDENTIAL_HEADERS
 from .rules import CacheRule
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "default"
-DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
 
 class Failure(Exception):
     """A one-line reason to stop with exit code 2."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--app",
-        default=os.environ.get("RCM_APP") or None,
-        metavar="MODULE:ATTR",
-        help="read the cache's settings from this app's CacheMiddleware (default: $RCM_APP)",
-    )
-    common.add_argument("--factory", action="store_true", help="--app names a function returning the app")
-    common.add_argument(
-        "--cache", type=int, metavar="N", help="with --app: the N-th CacheMiddleware (0-based)"
-    )
-    common.add_argument(
-        "--redis-url",
-        help="redis://, rediss://, unix://, redis+cluster://h:p[,h:p], redis+sentinel://h:p/service "
-        f"(default: the app's, else $REDIS_URL, else {DEFAULT_REDIS_URL})",
-    )
-    common.add_argument(
-        "--cluster", action="store_true", help="treat --redis-url as a node of a Redis Cluster"
-    )
-    common.add_argument("--prefix", help=f"key prefix (default: the app's, else {admin.DEFAULT_PREFIX})")
-    common.add_argument(
-        "--namespace",
-        help="the middleware's namespace (default: the app's, else the only one found under the prefix)",
-    )
-    common.add_argument("--timeout", type=float, default=5.0, help="seconds per Redis call (default: 5)")
-
-    request = argparse.ArgumentParser(add_help=False)
-    group = request.add_argument_group("a request (its key is computed the way the middleware does)")
-    group.add_argument("--url", help="the URL as the app receives it, e.g. http://testserver/predict?x=1")
-    group.add_argument(
-        "--base-url",
-        default=os.environ.get("RCM_BASE_URL", DEFAULT_BASE_URL),
-        help="scheme and Host a relative URL is resolved against (default: $RCM_BASE_URL, else %(default)s)",
-    )
-    group.add_argument("--method", default="GET", help="request method (default: GET)")
-    group.add_argument("--data", help="request body; @FILE reads a file, @- standard input")
-    group.add_argument(
-        "--header", action="append", default=[], metavar="'NAME: VALUE'", help="request header (repeatable)"
-    )
-    group.add_argument("--vary", action="append", default=[], metavar="NAME", help="the rule's vary headers")
-    group.add_argument("--no-key-host", action="store_true", help="the rule has key_host=False")
-    group.add_argument("--root-path", default="", help="ASGI root_path the app is mounted under")
-    group.add_argument("--private", action="store_true", help="the rule has private=True")
-    group.add_argument(
-        "--credential-header",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="the middleware's credential_headers, when not the default (authorization, cookie, x-api-key)",
-    )
-
-    rule = argparse.ArgumentParser(add_help=False)
-    rule.add_argument(
-        "--path", "--rule-path", dest="rule_path", help="the rule's path, e.g. /items/{item_id}"
-    )
-    rule.add_argument("--rule", dest="rule_name", help="the rule's name in keys, e.g. /items/<item_id>")
-
-    parser = argparse.ArgumentParser(
-        prog="python -m redis_cache_middleware",
-        description="Look into and purge the response cache in Redis.",
-        epilog="Entries signed by the middleware's signing_key are checked with $RCM_SIGNING_KEY when set.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    stats = commands.add_parser("stats", parents=[common], help="entries per version and rule, memory, INFO")
-    stats.add_argument("--sample", type=int, default=200, help="entries measured for the bytes estimate")
-    stats.add_argument("--json", action="store_true", help="print JSON")
-
-    keys = commands.add_parser("keys", parents=[common], help="a sample of the namespace's entry keys")
-    keys.add_argument("--limit", type=int, default=20, help="at most this many keys (default: 20)")
-    keys.add_argument("--json", action="store_true", help="print JSON")
-
-    inspect = commands.add_parser(
-        "inspect", parents=[common, rule, request], help="one entry: status, headers, age, TTL, body preview"
-    )
-    inspect.add_argument(
-        "request", nargs="*", metavar="[METHOD] URL", help="the request, e.g. GET '/predict?x=1' (like --url)"
-    )
-    inspect.add_argument("--key", help="the entry's full key")
-    inspect.add_argument("--version", help="with --url: the version (default: look in every version)")
-    inspect.add_argument("--json", action="store_true", help="print JSON (a list of entries)")
-
-    purge = commands.add_parser(
-        "purge",
-        parents=[common, rule, request],
-        help="delete entries of a rule, a version, a tag, a request, or the whole namespace",
-    )
-    purge.add_argument("--tag", help="every entry indexed under this tag")
-    purge.add_argument("--all", action="store_true", help="every entry of the namespace, and its tag sets")
-    purge.add_argument("--version", help="only this version (alone: every entry of the version)")
-    purge.add_argument("--key", help="one entry by its full key")
-    purge.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
-    purge.add_argument("--batch", type=int, default=500, help="SCAN COUNT and UNLINK batch size")
-    purge.add_argument(
-        "--l1-channel",
-        default=admin.L1_CHANNEL,
-        help="pub/sub channel of TieredBackend L1 invalidations ('' for none; default: %(default)s)",
-    )
-    for command in (stats, keys, inspect, purge):
-        command.set_defaults(parser=command)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -328,56 +222,8 @@ async def _stats(client: Redis | RedisCluster, args: argparse.Namespace, _: Cach
     if args.json:
         _print_json(stats)
         return 0
-    info = stats["redis"]
-    lookups = info["keyspace_hits"] + info["keyspace_misses"]
-    hit_rate = f" ({info['keyspace_hits'] / lookups:.1%} hit rate)" if lookups else ""
-    memory = (
-        f"~{admin.human_bytes(stats['bytes_estimate'])} (estimate: MEMORY USAGE of "
-        f"{stats['bytes_sampled_keys']} sampled entries, scaled)"
-        if stats["entries"]
-        else "0B"
-    )
-    lines = [
-        f"namespace   {stats['namespace']} (prefix {stats['prefix']}) on {redact(args.redis_url)}",
-        f"entries     {stats['entries']}",
-        f"memory      {memory}",
-        f"tag sets    {stats['tag_sets']}",
-    ]
-    if stats["other_keys"]:
-        lines.append(f"other keys  {stats['other_keys']}")
-    for title, counts in (("versions", stats["versions"]), ("rules", stats["rules"])):
-        if counts:
-            lines.append(f"{title}:")
-            width = max(len(name) for name in counts)
-            lines += [f"  {name:<{width}}  {count}" for name, count in counts.items()]
-    nodes = f" on {info['nodes']} primaries" if info["nodes"] > 1 else ""
-    lines += [
-        f"redis       {info['redis_version']}{nodes}, used_memory {info['used_memory_human']}, "
-        f"maxmemory-policy {info['maxmemory_policy']}",
-        f"            server-wide: hits {info['keyspace_hits']}, misses {info['keyspace_misses']}{hit_rate}, "
-        f"evicted {info['evicted_keys']}, clients {info['connected_clients']}",
-    ]
-    print("\n".join(lines + _counter_lines(stats["counters"])))
+    print(stats_text(stats, redact(args.redis_url)))
     return 0
-
-
-def _counter_lines(counters: dict[str, dict[str, float]]) -> list[str]:
-    """Per rule, from the Redis-side counters of every process: responses, hit ratio, app time saved."""
-    if not counters:
-        return ["served      no counters yet (the middleware writes them at most once a second)"]
-    lines = ["served (every process, from Redis counters):"]
-    width = max(len(name) for name in counters)
-    for name, fields in sorted(counters.items()):
-        answered = sum(fields.get(o, 0.0) for o in ("hit", "stale", "collapsed", "revalidated"))
-        total = answered + fields.get("miss", 0.0)
-        ratio = f"{answered / total:.1%}" if total else "-"
-        line = f"  {name:<{width}}  {int(total + fields.get('bypass', 0.0))} responses, hit ratio {ratio}, "
-        line += f"app time saved {fields.get('saved_seconds', 0.0):.3f} s"
-        if fields.get("rows_hit") or fields.get("rows_computed"):
-            hit, computed = int(fields.get("rows_hit", 0)), int(fields.get("rows_computed", 0))
-            line += f", rows {hit} hit / {computed} computed"
-        lines.append(line)
-    return lines
 
 
 async def _keys(client: Redis | RedisCluster, args: argparse.Namespace, _: CacheRule | None) -> int:
@@ -400,7 +246,7 @@ async def _inspect(client: Redis | RedisCluster, args: argparse.Namespace, rule:
     elif not found:
         print(f"no entry {where}{await _empty_note(client, args)}")
     else:
-        print("\n\n".join(_describe_entry(entry) for entry in found))
+        print("\n\n".join(describe_entry(entry) for entry in found))
     return 0 if found else 1
 
 
@@ -429,7 +275,7 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
             )
         ]
         note = "" if done else await _empty_note(client, args)
-        print(f"{verb} {_entries(len(done))}: {', '.join(done) if done else f'no entry {missing}'}{note}")
+        print(f"{verb} {entries_text(len(done))}: {', '.join(done) if done else f'no entry {missing}'}{note}")
         return 1 if note else 0
     count = await admin.purge(
         client,
@@ -446,14 +292,14 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
     versions = f"version {args.version}" if args.version is not None else "every version"
     if args.tag is not None:
         extra = " and its tag set" if not args.dry_run else ""
-        print(f"{verb} {_entries(count)} tagged {args.tag!r} {where}{extra}")
+        print(f"{verb} {entries_text(count)} tagged {args.tag!r} {where}{extra}")
     elif rule is not None:
-        print(f"{verb} {_entries(count)} of rule {rule.key_name} ({versions}) {where}")
+        print(f"{verb} {entries_text(count)} of rule {rule.key_name} ({versions}) {where}")
     elif args.all and args.version is None:
         extra = " and its tag sets" if not args.dry_run else ""
-        print(f"{verb} {_entries(count)} (every version) {where}{extra}")
+        print(f"{verb} {entries_text(count)} (every version) {where}{extra}")
     else:
-        print(f"{verb} {_entries(count)} of version {args.version} {where}")
+        print(f"{verb} {entries_text(count)} of version {args.version} {where}")
     note = "" if count else await _empty_note(client, args)
     if note:
         print(note.strip(" ()"), file=sys.stderr)
@@ -514,37 +360,6 @@ def _body(data: str | None) -> bytes | None:
     if data.startswith("@"):
         return Path(data[1:]).read_bytes()
     return data.encode("utf-8")
-
-
-def _entries(count: int) -> str:
-    return f"{count} entr{'y' if count == 1 else 'ies'}"
-
-
-def _describe_entry(entry: dict[str, Any]) -> str:
-    redis_ttl = "no expiry" if entry["redis_ttl"] is None else f"{entry['redis_ttl']:.1f} s"
-    lines = [f"key         {entry['key']}"]
-    if entry["kind"] == "invalid":
-        lines.append(f"invalid     {entry['size']} bytes that are not an entry for this key (read as a miss)")
-    elif entry["kind"] == "vary-marker":
-        lines.append(f"vary marker responses vary on {', '.join(entry['vary'])}; see the variant's key")
-    else:
-        state = "fresh" if entry["fresh"] else "stale"
-        lines += [
-            f"status      {entry['status']}",
-            f"age         {entry['age']:.1f} s of {entry['ttl']:g} s ttl ({state})",
-        ]
-    lines.append(f"redis ttl   {redis_ttl}")
-    if entry["signature"] is not None:
-        lines.append(f"signature   {entry['signature']}")
-    if entry["kind"] == "response":
-        lines += [
-            f"body        {entry['body_bytes']} bytes (stored entry {entry['size']} bytes)",
-            "headers",
-            *[f"  {name}: {value}" for name, value in entry["headers"]],
-            "body preview",
-            f"  {entry['body_preview']}",
-        ]
-    return "\n".join(lines)
 
 
 def _print_json(value: object) -> None:
