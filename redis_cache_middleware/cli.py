@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import ops as admin
+from . import ops
 from .backends import RedisBackend
 from .cli_parser import DEFAULT_REDIS_URL, build_parser
 from .keys import KeySpace
@@ -30,8 +30,6 @@ from .ops.app import AppConfigError, CacheSettings, cache_settings, import_app
 from .ops.report import describe_entry, entries_text, stats_text
 from .policy import CREDENTIAL_HEADERS
 from .rules import CacheRule
-
-DEFAULT_NAMESPACE = "default"
 
 
 class Failure(Exception):
@@ -72,7 +70,7 @@ def _app_settings(args: argparse.Namespace) -> CacheSettings | None:
         from_app = settings.redis_url if settings is not None else None
         args.redis_url = from_app or os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     if args.prefix is None:
-        args.prefix = settings.prefix if settings is not None else admin.DEFAULT_PREFIX
+        args.prefix = settings.prefix if settings is not None else ops.DEFAULT_PREFIX
     if args.namespace is None and settings is not None:
         args.namespace = settings.namespace
     return settings
@@ -138,7 +136,7 @@ def _reason(exc: BaseException) -> str:
 
 async def _only_namespace(client: Redis | RedisCluster, prefix: str) -> str:
     """The one namespace with entries under `prefix`; several or none: a Failure that lists them."""
-    found = await admin.find_namespaces(client, prefix)
+    found = await ops.find_namespaces(client, prefix)
     if len(found) == 1:
         return next(iter(found))
     if not found:
@@ -216,7 +214,7 @@ def _check_selection(args: argparse.Namespace, rule: CacheRule | None) -> None:
 
 
 async def _stats(client: Redis | RedisCluster, args: argparse.Namespace, _: CacheRule | None) -> int:
-    stats = await admin.namespace_stats(
+    stats = await ops.namespace_stats(
         client, prefix=args.prefix, namespace=args.namespace, sample=args.sample
     )
     if args.json:
@@ -227,7 +225,7 @@ async def _stats(client: Redis | RedisCluster, args: argparse.Namespace, _: Cach
 
 
 async def _keys(client: Redis | RedisCluster, args: argparse.Namespace, _: CacheRule | None) -> int:
-    keys = await admin.sample_keys(client, prefix=args.prefix, namespace=args.namespace, limit=args.limit)
+    keys = await ops.sample_keys(client, prefix=args.prefix, namespace=args.namespace, limit=args.limit)
     if args.json:
         _print_json(keys)
     elif keys:
@@ -239,7 +237,7 @@ async def _inspect(client: Redis | RedisCluster, args: argparse.Namespace, rule:
     targets, where = await _targets(client, args, rule)
     keys = [key for pair in targets for key in pair if key is not None]
     signing_key = _signing_key(args)
-    entries = [await admin.inspect(client, key, signing_key=signing_key) for key in keys]
+    entries = [await ops.inspect(client, key, signing_key=signing_key) for key in keys]
     found = [entry for entry in entries if entry is not None]
     if args.json:
         _print_json(found)
@@ -252,9 +250,9 @@ async def _inspect(client: Redis | RedisCluster, args: argparse.Namespace, rule:
 
 async def _empty_note(client: Redis | RedisCluster, args: argparse.Namespace) -> str:
     """A note when the namespace has no entry at all (a wrong namespace or prefix, most likely)."""
-    if await admin.sample_keys(client, prefix=args.prefix, namespace=args.namespace, limit=1):
+    if await ops.sample_keys(client, prefix=args.prefix, namespace=args.namespace, limit=1):
         return ""
-    found = await admin.find_namespaces(client, args.prefix)
+    found = await ops.find_namespaces(client, args.prefix)
     others = f"; namespaces with entries: {', '.join(found)}" if found else ""
     return f" (namespace {args.namespace} under prefix {args.prefix} has no entries at all{others})"
 
@@ -271,13 +269,13 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
             if (
                 await client.exists(key)
                 if args.dry_run
-                else await admin.purge_request(client, key, l1_channel=args.l1_channel)
+                else await ops.purge_request(client, key, l1_channel=args.l1_channel)
             )
         ]
         note = "" if done else await _empty_note(client, args)
         print(f"{verb} {entries_text(len(done))}: {', '.join(done) if done else f'no entry {missing}'}{note}")
         return 1 if note else 0
-    count = await admin.purge(
+    count = await ops.purge(
         client,
         prefix=args.prefix,
         namespace=args.namespace,
@@ -319,8 +317,8 @@ async def _targets(
     try:
         headers = [_header(text) for text in args.header]
         body = _body(args.data)
-        _, header_map, _ = admin.request_scope(args.method, args.url, body, headers, args.root_path)
-        digest = admin.request_digest_for(
+        _, header_map, _ = ops.request_scope(args.method, args.url, body, headers, args.root_path)
+        digest = ops.request_digest_for(
             rule, args.method, args.url, body, headers, args.root_path, credentials
         )
     except (ValueError, OSError) as exc:
@@ -329,12 +327,12 @@ async def _targets(
         keys = [KeySpace(args.prefix, args.namespace, args.version).entry(rule.key_name, digest)]
         where = f"at {keys[0]}"
     else:
-        keys = await admin.locate_request(
+        keys = await ops.locate_request(
             client, prefix=args.prefix, namespace=args.namespace, rule=rule, digest=digest
         )
         where = "for this request in any version"
     signing_key = _signing_key(args)
-    return [(key, await admin.follow_vary(client, key, header_map, signing_key)) for key in keys], where
+    return [(key, await ops.follow_vary(client, key, header_map, signing_key)) for key in keys], where
 
 
 def _signing_key(args: argparse.Namespace) -> bytes | None:
