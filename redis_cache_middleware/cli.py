@@ -1,7 +1,9 @@
 """`python -m redis_cache_middleware {stats,keys,inspect,purge}`: operator commands over the cache's Redis.
 
-Exit codes: 0 done, 1 `inspect` found nothing, 2 usage error or Redis unreachable / failing.
-The signing key, when the middleware has one, comes from $RCM_SIGNING_KEY (never from the command line).
+Exit codes: 0 done, 1 nothing found (or a namespace without entries), 2 usage error, several namespaces
+to choose from, or Redis unreachable / failing. `--app module:attr` (or $RCM_APP) reads Redis URL, prefix,
+namespace, version, rules, signing key and credential headers from the app's `CacheMiddleware`; flags
+given explicitly win. Otherwise the signing key comes from $RCM_SIGNING_KEY (never the command line).
 """
 
 from __future__ import annotations
@@ -13,112 +15,25 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import admin
+from . import ops
 from .backends import RedisBackend
+from .cli_parser import DEFAULT_REDIS_URL, build_parser
+from .keys import KeySpace
+from .ops.app import AppConfigError, CacheSettings, cache_settings, import_app
+from .ops.report import describe_entry, entries_text, stats_text
 from .policy import CREDENTIAL_HEADERS
 from .rules import CacheRule
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_NAMESPACE = "default"
 
 
 class Failure(Exception):
     """A one-line reason to stop with exit code 2."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--redis-url",
-        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
-        help="redis://, rediss://, unix://, redis+cluster://h:p[,h:p], redis+sentinel://h:p/service "
-        "(default: $REDIS_URL, else %(default)s)",
-    )
-    common.add_argument(
-        "--cluster", action="store_true", help="treat --redis-url as a node of a Redis Cluster"
-    )
-    common.add_argument("--prefix", default=admin.DEFAULT_PREFIX, help="key prefix (default: %(default)s)")
-    common.add_argument(
-        "--namespace", default=DEFAULT_NAMESPACE, help="the middleware's namespace (default: %(default)s)"
-    )
-    common.add_argument("--timeout", type=float, default=5.0, help="seconds per Redis call (default: 5)")
-
-    request = argparse.ArgumentParser(add_help=False)
-    group = request.add_argument_group("a request (its key is computed the way the middleware does)")
-    group.add_argument("--url", help="the URL as the app receives it, e.g. http://testserver/predict?x=1")
-    group.add_argument("--method", default="GET", help="request method (default: GET)")
-    group.add_argument("--data", help="request body; @FILE reads a file, @- standard input")
-    group.add_argument(
-        "--header", action="append", default=[], metavar="'NAME: VALUE'", help="request header (repeatable)"
-    )
-    group.add_argument("--vary", action="append", default=[], metavar="NAME", help="the rule's vary headers")
-    group.add_argument("--no-key-host", action="store_true", help="the rule has key_host=False")
-    group.add_argument("--root-path", default="", help="ASGI root_path the app is mounted under")
-    group.add_argument("--private", action="store_true", help="the rule has private=True")
-    group.add_argument(
-        "--credential-header",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="the middleware's credential_headers, when not the default (authorization, cookie, x-api-key)",
-    )
-
-    rule = argparse.ArgumentParser(add_help=False)
-    rule.add_argument(
-        "--path", "--rule-path", dest="rule_path", help="the rule's path, e.g. /items/{item_id}"
-    )
-    rule.add_argument("--rule", dest="rule_name", help="the rule's name in keys, e.g. /items/<item_id>")
-
-    parser = argparse.ArgumentParser(
-        prog="python -m redis_cache_middleware",
-        description="Look into and purge the response cache in Redis.",
-        epilog="Entries signed by the middleware's signing_key are checked with $RCM_SIGNING_KEY when set.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    stats = commands.add_parser("stats", parents=[common], help="entries per version and rule, memory, INFO")
-    stats.add_argument("--sample", type=int, default=200, help="entries measured for the bytes estimate")
-    stats.add_argument("--json", action="store_true", help="print JSON")
-
-    keys = commands.add_parser("keys", parents=[common], help="a sample of the namespace's entry keys")
-    keys.add_argument("--limit", type=int, default=20, help="at most this many keys (default: 20)")
-    keys.add_argument("--json", action="store_true", help="print JSON")
-
-    inspect = commands.add_parser(
-        "inspect", parents=[common, rule, request], help="one entry: status, headers, age, TTL, body preview"
-    )
-    inspect.add_argument("--key", help="the entry's full key")
-    inspect.add_argument("--version", help="with --url: the version (default: look in every version)")
-    inspect.add_argument("--json", action="store_true", help="print JSON (a list of entries)")
-
-    purge = commands.add_parser(
-        "purge",
-        parents=[common, rule, request],
-        help="delete entries of a rule, a version, a tag, a request, or the whole namespace",
-    )
-    purge.add_argument("--tag", help="every entry indexed under this tag")
-    purge.add_argument("--all", action="store_true", help="every entry of the namespace, and its tag sets")
-    purge.add_argument("--version", help="only this version (alone: every entry of the version)")
-    purge.add_argument("--key", help="one entry by its full key")
-    purge.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
-    purge.add_argument("--batch", type=int, default=500, help="SCAN COUNT and UNLINK batch size")
-    purge.add_argument(
-        "--l1-channel",
-        default=admin.L1_CHANNEL,
-        help="pub/sub channel of TieredBackend L1 invalidations ('' for none; default: %(default)s)",
-    )
-    for command in (stats, keys, inspect, purge):
-        command.set_defaults(parser=command)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,12 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rule = _rule(args) if args.command in ("inspect", "purge") else None
+        settings = _app_settings(args)
+        _positional_request(args)
+        rule = _rule(args, settings) if args.command in ("inspect", "purge") else None
         _check_selection(args, rule)
     except ValueError as exc:
         args.parser.error(str(exc))
+    except AppConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
-        return asyncio.run(_run(args, rule))
+        return asyncio.run(_run(args, rule, settings))
     except Failure as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -139,10 +59,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-async def _run(args: argparse.Namespace, rule: CacheRule | None) -> int:
+def _app_settings(args: argparse.Namespace) -> CacheSettings | None:
+    """Read --app's cache settings and fill in every option not given as a flag."""
+    settings = None
+    if args.app is not None:
+        settings = cache_settings(import_app(args.app, args.factory), args.cache)
+    elif args.cache is not None:
+        raise ValueError("--cache needs --app")
+    if args.redis_url is None:
+        from_app = settings.redis_url if settings is not None else None
+        args.redis_url = from_app or os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    if args.prefix is None:
+        args.prefix = settings.prefix if settings is not None else ops.DEFAULT_PREFIX
+    if args.namespace is None and settings is not None:
+        args.namespace = settings.namespace
+    return settings
+
+
+def _positional_request(args: argparse.Namespace) -> None:
+    """`inspect [METHOD] URL`: the same as --method/--url; a relative URL is resolved on --base-url."""
+    words = getattr(args, "request", [])
+    if len(words) > 2:
+        raise ValueError("inspect takes [METHOD] URL")
+    if words:
+        if args.url is not None:
+            raise ValueError("give the URL once: as an argument or with --url")
+        if len(words) == 2:
+            args.method = words[0]
+        args.url = words[-1]
+    if args.command in ("inspect", "purge") and args.url is not None and args.url.startswith("/"):
+        args.url = urljoin(args.base_url, args.url)
+
+
+async def _run(args: argparse.Namespace, rule: CacheRule | None, settings: CacheSettings | None) -> int:
     backend = make_backend(args.redis_url, cluster=args.cluster, timeout=args.timeout)
     client = backend.client
     try:
+        if args.namespace is None:
+            args.namespace = await _only_namespace(client, args.prefix)
+        args.settings = settings
         command = {"stats": _stats, "keys": _keys, "inspect": _inspect, "purge": _purge}[args.command]
         return await command(client, args, rule)
     except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
@@ -179,10 +134,27 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _rule(args: argparse.Namespace) -> CacheRule | None:
-    """The rule named by --path or --rule, with the key options of --method, --vary and --no-key-host."""
+async def _only_namespace(client: Redis | RedisCluster, prefix: str) -> str:
+    """The one namespace with entries under `prefix`; several or none: a Failure that lists them."""
+    found = await ops.find_namespaces(client, prefix)
+    if len(found) == 1:
+        return next(iter(found))
+    if not found:
+        raise Failure(f"no cache entries under prefix {prefix!r}; give --namespace or --app")
+    listing = "\n".join(
+        f"  {name}: " + ", ".join(f"version {v} ({n} keys)" for v, n in versions.items())
+        for name, versions in found.items()
+    )
+    raise Failure(f"several namespaces under prefix {prefix!r}; choose one with --namespace:\n{listing}")
+
+
+def _rule(args: argparse.Namespace, settings: CacheSettings | None = None) -> CacheRule | None:
+    """The rule named by --path or --rule (from the app's rules with --app, else built from --method,
+    --vary, --no-key-host and --private), or with --app the rule that routes --url."""
     if args.rule_path is not None and args.rule_name is not None:
         raise ValueError("give --path or --rule, not both")
+    if settings is not None:
+        return _app_rule(args, settings)
     if args.rule_path is None and args.rule_name is None:
         return None
     path = args.rule_path if args.rule_path is not None else "/"
@@ -195,6 +167,18 @@ def _rule(args: argparse.Namespace) -> CacheRule | None:
         name=args.rule_name,
         private=args.private,
     )
+
+
+def _app_rule(args: argparse.Namespace, settings: CacheSettings) -> CacheRule | None:
+    named = args.rule_path if args.rule_path is not None else args.rule_name
+    if named is None and args.url is None:
+        return None
+    path = named if named is not None else urlsplit(args.url).path or "/"
+    rule = settings.rule_for(args.method.upper(), path)
+    if rule is None:
+        known = ", ".join(f"{r.path} ({r.key_name})" for r in settings.rules)
+        raise ValueError(f"no rule of the app for {path!r}; its rules: {known}")
+    return rule
 
 
 def _check_selection(args: argparse.Namespace, rule: CacheRule | None) -> None:
@@ -230,47 +214,18 @@ def _check_selection(args: argparse.Namespace, rule: CacheRule | None) -> None:
 
 
 async def _stats(client: Redis | RedisCluster, args: argparse.Namespace, _: CacheRule | None) -> int:
-    stats = await admin.namespace_stats(
+    stats = await ops.namespace_stats(
         client, prefix=args.prefix, namespace=args.namespace, sample=args.sample
     )
     if args.json:
         _print_json(stats)
         return 0
-    info = stats["redis"]
-    lookups = info["keyspace_hits"] + info["keyspace_misses"]
-    hit_rate = f" ({info['keyspace_hits'] / lookups:.1%} hit rate)" if lookups else ""
-    memory = (
-        f"~{admin.human_bytes(stats['bytes_estimate'])} (estimate: MEMORY USAGE of "
-        f"{stats['bytes_sampled_keys']} sampled entries, scaled)"
-        if stats["entries"]
-        else "0B"
-    )
-    lines = [
-        f"namespace   {stats['namespace']} (prefix {stats['prefix']}) on {redact(args.redis_url)}",
-        f"entries     {stats['entries']}",
-        f"memory      {memory}",
-        f"tag sets    {stats['tag_sets']}",
-    ]
-    if stats["other_keys"]:
-        lines.append(f"other keys  {stats['other_keys']}")
-    for title, counts in (("versions", stats["versions"]), ("rules", stats["rules"])):
-        if counts:
-            lines.append(f"{title}:")
-            width = max(len(name) for name in counts)
-            lines += [f"  {name:<{width}}  {count}" for name, count in counts.items()]
-    nodes = f" on {info['nodes']} primaries" if info["nodes"] > 1 else ""
-    lines += [
-        f"redis       {info['redis_version']}{nodes}, used_memory {info['used_memory_human']}, "
-        f"maxmemory-policy {info['maxmemory_policy']}",
-        f"            server-wide: hits {info['keyspace_hits']}, misses {info['keyspace_misses']}{hit_rate}, "
-        f"evicted {info['evicted_keys']}, clients {info['connected_clients']}",
-    ]
-    print("\n".join(lines))
+    print(stats_text(stats, redact(args.redis_url)))
     return 0
 
 
 async def _keys(client: Redis | RedisCluster, args: argparse.Namespace, _: CacheRule | None) -> int:
-    keys = await admin.sample_keys(client, prefix=args.prefix, namespace=args.namespace, limit=args.limit)
+    keys = await ops.sample_keys(client, prefix=args.prefix, namespace=args.namespace, limit=args.limit)
     if args.json:
         _print_json(keys)
     elif keys:
@@ -281,16 +236,25 @@ async def _keys(client: Redis | RedisCluster, args: argparse.Namespace, _: Cache
 async def _inspect(client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule | None) -> int:
     targets, where = await _targets(client, args, rule)
     keys = [key for pair in targets for key in pair if key is not None]
-    signing_key = _signing_key()
-    entries = [await admin.inspect(client, key, signing_key=signing_key) for key in keys]
+    signing_key = _signing_key(args)
+    entries = [await ops.inspect(client, key, signing_key=signing_key) for key in keys]
     found = [entry for entry in entries if entry is not None]
     if args.json:
         _print_json(found)
     elif not found:
-        print(f"no entry {where}")
+        print(f"no entry {where}{await _empty_note(client, args)}")
     else:
-        print("\n\n".join(_describe_entry(entry) for entry in found))
+        print("\n\n".join(describe_entry(entry) for entry in found))
     return 0 if found else 1
+
+
+async def _empty_note(client: Redis | RedisCluster, args: argparse.Namespace) -> str:
+    """A note when the namespace has no entry at all (a wrong namespace or prefix, most likely)."""
+    if await ops.sample_keys(client, prefix=args.prefix, namespace=args.namespace, limit=1):
+        return ""
+    found = await ops.find_namespaces(client, args.prefix)
+    others = f"; namespaces with entries: {', '.join(found)}" if found else ""
+    return f" (namespace {args.namespace} under prefix {args.prefix} has no entries at all{others})"
 
 
 async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule | None) -> int:
@@ -305,12 +269,13 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
             if (
                 await client.exists(key)
                 if args.dry_run
-                else await admin.purge_request(client, key, l1_channel=args.l1_channel)
+                else await ops.purge_request(client, key, l1_channel=args.l1_channel)
             )
         ]
-        print(f"{verb} {_entries(len(done))}: {', '.join(done) if done else f'no entry {missing}'}")
-        return 0
-    count = await admin.purge(
+        note = "" if done else await _empty_note(client, args)
+        print(f"{verb} {entries_text(len(done))}: {', '.join(done) if done else f'no entry {missing}'}{note}")
+        return 1 if note else 0
+    count = await ops.purge(
         client,
         prefix=args.prefix,
         namespace=args.namespace,
@@ -325,15 +290,18 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
     versions = f"version {args.version}" if args.version is not None else "every version"
     if args.tag is not None:
         extra = " and its tag set" if not args.dry_run else ""
-        print(f"{verb} {_entries(count)} tagged {args.tag!r} {where}{extra}")
+        print(f"{verb} {entries_text(count)} tagged {args.tag!r} {where}{extra}")
     elif rule is not None:
-        print(f"{verb} {_entries(count)} of rule {rule.key_name} ({versions}) {where}")
+        print(f"{verb} {entries_text(count)} of rule {rule.key_name} ({versions}) {where}")
     elif args.all and args.version is None:
         extra = " and its tag sets" if not args.dry_run else ""
-        print(f"{verb} {_entries(count)} (every version) {where}{extra}")
+        print(f"{verb} {entries_text(count)} (every version) {where}{extra}")
     else:
-        print(f"{verb} {_entries(count)} of version {args.version} {where}")
-    return 0
+        print(f"{verb} {entries_text(count)} of version {args.version} {where}")
+    note = "" if count else await _empty_note(client, args)
+    if note:
+        print(note.strip(" ()"), file=sys.stderr)
+    return 1 if note else 0
 
 
 async def _targets(
@@ -344,31 +312,33 @@ async def _targets(
     if args.key is not None:
         return [(args.key, None)], f"at {args.key}"
     assert rule is not None
-    credentials = (
-        tuple(name.lower().encode("latin-1") for name in args.credential_header) or CREDENTIAL_HEADERS
-    )
+    from_app = args.settings.credential_headers if args.settings is not None else CREDENTIAL_HEADERS
+    credentials = tuple(name.lower().encode("latin-1") for name in args.credential_header) or from_app
     try:
         headers = [_header(text) for text in args.header]
         body = _body(args.data)
-        _, header_map, _ = admin.request_scope(args.method, args.url, body, headers, args.root_path)
-        digest = admin.request_digest_for(
+        _, header_map, _ = ops.request_scope(args.method, args.url, body, headers, args.root_path)
+        digest = ops.request_digest_for(
             rule, args.method, args.url, body, headers, args.root_path, credentials
         )
     except (ValueError, OSError) as exc:
         raise Failure(str(exc)) from exc
     if args.version is not None:
-        keys = [f"{args.prefix}:{args.namespace}:{args.version}:{rule.key_name}:{digest}"]
+        keys = [KeySpace(args.prefix, args.namespace, args.version).entry(rule.key_name, digest)]
         where = f"at {keys[0]}"
     else:
-        keys = await admin.locate_request(
+        keys = await ops.locate_request(
             client, prefix=args.prefix, namespace=args.namespace, rule=rule, digest=digest
         )
         where = "for this request in any version"
-    signing_key = _signing_key()
-    return [(key, await admin.follow_vary(client, key, header_map, signing_key)) for key in keys], where
+    signing_key = _signing_key(args)
+    return [(key, await ops.follow_vary(client, key, header_map, signing_key)) for key in keys], where
 
 
-def _signing_key() -> bytes | None:
+def _signing_key(args: argparse.Namespace) -> bytes | None:
+    """The app's signing key with --app, else $RCM_SIGNING_KEY."""
+    if args.settings is not None and args.settings.signing_key is not None:
+        return bytes(args.settings.signing_key)
     value = os.environ.get("RCM_SIGNING_KEY")
     return value.encode() if value else None
 
@@ -388,37 +358,6 @@ def _body(data: str | None) -> bytes | None:
     if data.startswith("@"):
         return Path(data[1:]).read_bytes()
     return data.encode("utf-8")
-
-
-def _entries(count: int) -> str:
-    return f"{count} entr{'y' if count == 1 else 'ies'}"
-
-
-def _describe_entry(entry: dict[str, Any]) -> str:
-    redis_ttl = "no expiry" if entry["redis_ttl"] is None else f"{entry['redis_ttl']:.1f} s"
-    lines = [f"key         {entry['key']}"]
-    if entry["kind"] == "invalid":
-        lines.append(f"invalid     {entry['size']} bytes that are not an entry for this key (read as a miss)")
-    elif entry["kind"] == "vary-marker":
-        lines.append(f"vary marker responses vary on {', '.join(entry['vary'])}; see the variant's key")
-    else:
-        state = "fresh" if entry["fresh"] else "stale"
-        lines += [
-            f"status      {entry['status']}",
-            f"age         {entry['age']:.1f} s of {entry['ttl']:g} s ttl ({state})",
-        ]
-    lines.append(f"redis ttl   {redis_ttl}")
-    if entry["signature"] is not None:
-        lines.append(f"signature   {entry['signature']}")
-    if entry["kind"] == "response":
-        lines += [
-            f"body        {entry['body_bytes']} bytes (stored entry {entry['size']} bytes)",
-            "headers",
-            *[f"  {name}: {value}" for name, value in entry["headers"]],
-            "body preview",
-            f"  {entry['body_preview']}",
-        ]
-    return "\n".join(lines)
 
 
 def _print_json(value: object) -> None:

@@ -94,6 +94,10 @@ class KeySpace:
         escaped = tag.replace("%", "%25").replace(":", "%3A")
         return f"{self.prefix}:{self.namespace}:{TAG_SEGMENT}:{escaped}"
 
+    def stats(self) -> str:
+        """The hash of per-rule counters every process adds to (`{rule}\t{field}` -> number)."""
+        return f"{self.prefix}:{self.namespace}:stats"
+
     def tags_glob(self) -> str:
         """Every tag set of the namespace."""
         return f"{glob_escape(self.prefix)}:{glob_escape(self.namespace)}:{TAG_SEGMENT}:*"

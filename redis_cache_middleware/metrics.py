@@ -77,17 +77,43 @@ class RuleMetrics:
     stored: int = 0
     bytes_stored: int = 0
     store_failures: int = 0
-    rows_hit: int = 0
-    rows_computed: int = 0
     hit_latency: Histogram = field(default_factory=Histogram)
     miss_latency: Histogram = field(default_factory=Histogram)
+    saved_seconds: float = 0.0
+    rows_hit: int = 0
+    rows_computed: int = 0
+
+
+class HotKeys:
+    """Approximate top-k of the keys served (space-saving counters: at most `size` keys kept, O(1) per
+    hit while a key is tracked; evicting the smallest count is O(size) only when a new key arrives full)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str) -> None:
+        counts = self.counts
+        if key in counts:
+            counts[key] += 1
+        elif len(counts) < self.size:
+            counts[key] = 1
+        else:
+            smallest = min(counts, key=counts.__getitem__)
+            counts[key] = counts.pop(smallest) + 1
+
+    def top(self, n: int = 10) -> list[tuple[str, int]]:
+        return sorted(self.counts.items(), key=lambda item: -item[1])[:n]
 
 
 class Metrics:
     """What the cache did, per rule name. Plain integer updates: cheap on the hit path."""
 
-    def __init__(self) -> None:
+    def __init__(self, hot_keys: int = 64) -> None:
         self.rules: dict[str, RuleMetrics] = {}
+        self.hot = HotKeys(hot_keys)
+        self._flushed: dict[str, float] = {}
+        self._flushed_at = 0.0
 
     def rule(self, name: str) -> RuleMetrics:
         metrics = self.rules.get(name)
@@ -95,17 +121,52 @@ class Metrics:
             metrics = self.rules[name] = RuleMetrics()
         return metrics
 
-    def served(self, rule: str, outcome: Outcome, seconds: float) -> None:
-        """Record a response: a hit-like outcome times the hit histogram, a miss the miss histogram."""
+    def served(self, rule: str, outcome: Outcome, seconds: float, saved: float = 0.0) -> None:
+        """Record a response: a hit-like outcome times the hit histogram, a miss the miss histogram;
+        `saved` is the app time the answer avoided (the stored entry's compute time, `Entry.delta`)."""
         metrics = self.rule(rule)
         metrics.outcomes[outcome.value] += 1
+        metrics.saved_seconds += saved
         (metrics.miss_latency if outcome is Outcome.MISS else metrics.hit_latency).observe(seconds)
 
     def rows(self, rule: str, hit: int, computed: int) -> None:
-        """Record one row-cached answer: rows that came from the cache, rows the app computed."""
+        """Record one batch request's rows: `hit` answered from the cache, `computed` by the app."""
         metrics = self.rule(rule)
         metrics.rows_hit += hit
         metrics.rows_computed += computed
+
+    def touched(self, key: str) -> None:
+        """Count one answer from the cache for `key` in the bounded hot-keys table."""
+        self.hot.add(key)
+
+    def totals(self) -> dict[str, float]:
+        """Monotonic per-rule totals as `{rule}\t{field}` -> number (the Redis-side counter fields)."""
+        out: dict[str, float] = {}
+        for name, m in self.rules.items():
+            for outcome, count in m.outcomes.items():
+                out[f"{name}\t{outcome}"] = count
+            out[f"{name}\tsaved_seconds"] = m.saved_seconds
+            out[f"{name}\trows_hit"] = m.rows_hit
+            out[f"{name}\trows_computed"] = m.rows_computed
+        return out
+
+    def counters_due(self, now: float, interval: float = 1.0) -> dict[str, float] | None:
+        """What grew since the last call, at most once per `interval` seconds (None when not yet due or
+        nothing grew); the caller adds it to the Redis hash and calls `counters_lost` if that fails."""
+        if now - self._flushed_at < interval:
+            return None
+        self._flushed_at = now
+        totals = self.totals()
+        deltas = {
+            k: v - self._flushed.get(k, 0.0) for k, v in totals.items() if v != self._flushed.get(k, 0.0)
+        }
+        self._flushed = totals
+        return deltas or None
+
+    def counters_lost(self, deltas: dict[str, float]) -> None:
+        """Put back deltas that could not be written, so the next flush carries them."""
+        for field_name, value in deltas.items():
+            self._flushed[field_name] = self._flushed.get(field_name, 0.0) - value
 
     def bypassed(self, rule: str, reason: str) -> None:
         metrics = self.rule(rule)
@@ -130,12 +191,13 @@ class Metrics:
                 "stored": m.stored,
                 "bytes_stored": m.bytes_stored,
                 "store_failures": m.store_failures,
-                "rows_hit": m.rows_hit,
-                "rows_computed": m.rows_computed,
                 "hit_p50_s": m.hit_latency.quantile(0.5),
                 "hit_p99_s": m.hit_latency.quantile(0.99),
                 "miss_p50_s": m.miss_latency.quantile(0.5),
                 "miss_p99_s": m.miss_latency.quantile(0.99),
+                "saved_seconds": m.saved_seconds,
+                "rows_hit": m.rows_hit,
+                "rows_computed": m.rows_computed,
             }
         return out
 
@@ -156,7 +218,14 @@ class Metrics:
         latency = HistogramMetricFamily(
             "rcm_latency_seconds", "Time spent answering, by rule and path", labels=["rule", "path"]
         )
+        saved = CounterMetricFamily(
+            "rcm_saved_seconds", "App seconds that answers from the cache avoided", labels=["rule"]
+        )
+        rows = CounterMetricFamily("rcm_rows", "Batch rows by rule and result", labels=["rule", "result"])
         for name, m in self.rules.items():
+            saved.add_metric([name], m.saved_seconds)
+            rows.add_metric([name, "hit"], m.rows_hit)
+            rows.add_metric([name, "computed"], m.rows_computed)
             for outcome in OUTCOMES:
                 responses.add_metric([name, outcome], m.outcomes[outcome])
             for reason, count in m.bypass_reasons.items():
@@ -173,4 +242,4 @@ class Metrics:
         state.add_metric([], 0.0 if breaker["state"] == "closed" else 1.0)
         errors = CounterMetricFamily("rcm_backend_errors", "Backend calls that failed or timed out")
         errors.add_metric([], float(str(breaker["total_failures"])))
-        yield from (responses, bypasses, stored, failures, latency, state, errors)
+        yield from (responses, bypasses, stored, failures, latency, saved, rows, state, errors)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -9,6 +12,14 @@ from starlette.types import ASGIApp
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root: the working directory for subprocesses that run `python -m ...`."""
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m redis_cache_middleware ARGS` run from the repository root, without blocking the loop."""
+    command = [sys.executable, "-m", "redis_cache_middleware", *args]
+    return await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
 
 
 def client_for(app: ASGIApp) -> httpx.AsyncClient:

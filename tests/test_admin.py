@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -12,7 +13,8 @@ import redis
 from redis.asyncio import Redis, RedisCluster
 
 from redis_cache_middleware import CacheMiddleware, CacheRule, RedisBackend
-from redis_cache_middleware.admin import (
+from redis_cache_middleware.backends.tiered import TieredBackend
+from redis_cache_middleware.ops import (
     follow_vary,
     index_tags,
     inspect,
@@ -23,7 +25,6 @@ from redis_cache_middleware.admin import (
     sample_keys,
     tag_key,
 )
-from redis_cache_middleware.backends.tiered import TieredBackend
 
 from .apps import DEFAULT_RULES, CountingApp, entry_keys, populate, store_signed_variants
 from .redis_cluster import LocalCluster
@@ -359,3 +360,50 @@ async def test_purges_reach_the_l1_of_tiered_backends(
             await eventually_miss(1)
     finally:
         await tiered.aclose()
+
+
+async def test_memory_check_warns_when_redis_would_fill_up(client: Redis) -> None:
+    from redis_cache_middleware.ops import memory_policy, memory_warning
+
+    unlimited = await memory_policy(client)
+    assert unlimited[0] == 0
+    warning = memory_warning(unlimited)
+    assert warning is not None and "no maxmemory" in warning and "\n" not in warning
+    await client.config_set("maxmemory", "100mb")
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        never_evicts = memory_warning(await memory_policy(client))
+        assert never_evicts is not None and "noeviction" in never_evicts
+        await client.config_set("maxmemory-policy", "allkeys-lru")
+        assert await memory_policy(client) == (100 * 1024 * 1024, "allkeys-lru")
+        assert memory_warning(await memory_policy(client)) is None
+    finally:
+        await client.config_set("maxmemory", "0")
+        await client.config_set("maxmemory-policy", "noeviction")
+    assert memory_warning(None) is None  # policy unknown (CONFIG disabled): no guess
+
+
+async def test_cli_finds_the_namespace_and_reads_the_app_on_a_cluster(
+    cluster: LocalCluster, cluster_backend: RedisBackend
+) -> None:
+    from redis_cache_middleware.ops import memory_policy
+
+    from .ops_app import OPTIONS
+
+    await populate(cluster_backend, namespace=str(OPTIONS["namespace"]), version=str(OPTIONS["version"]))
+    env = {**os.environ, "RCM_TEST_REDIS_URL": cluster.url, "RCM_BASE_URL": "http://testserver"}
+
+    async def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "redis_cache_middleware", *args]
+        return await asyncio.to_thread(
+            subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+        )
+
+    stats = await run("stats", "--redis-url", cluster.url)  # no namespace: the only one is found
+    assert stats.returncode == 0, stats.stderr
+    assert "namespace   opsapp" in stats.stdout and "entries     6\n" in stats.stdout
+    assert "on 3 primaries" in stats.stdout
+    purged = await run("purge", "--app", "tests.ops_app:app", "--path", "/predict")
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.startswith("deleted 4 entries of rule /predict (every version) in namespace opsapp")
+    assert await memory_policy(cluster_backend.client) == (0, "noeviction")

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import subprocess
-import sys
 
 import redis
 
@@ -14,14 +11,7 @@ from redis_cache_middleware import RedisBackend
 
 from .apps import entry_keys, populate, store_signed_variants
 from .redis_server import RedisServer, free_port
-from .support import ROOT
-
-
-async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "redis_cache_middleware", *args]
-    return await asyncio.to_thread(
-        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
-    )
+from .support import cli
 
 
 async def test_keys_lists_a_sample_as_text_or_json(
@@ -98,7 +88,7 @@ async def test_inspect_by_key_or_by_request(
 async def test_purge_by_rule_tag_version_request_and_all(
     redis_server: RedisServer, backend: RedisBackend, redis_client: redis.Redis
 ) -> None:
-    from redis_cache_middleware.admin import index_tags
+    from redis_cache_middleware.ops import index_tags
 
     await populate(backend, version="1", items=3)
     await populate(backend, version="2", items=3)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from redis_cache_middleware import CacheMiddleware, MetricsEndpoint, RedisBackend
+from redis_cache_middleware.metrics import Metrics, Outcome
 
 from .apps import cached_app
 from .support import client_for
@@ -55,3 +59,50 @@ async def test_an_endpoint_reaches_the_cache_through_app_state(backend: RedisBac
     async with client_for(app) as client:
         response = await client.get("/inspect")
     assert response.json() == {"in_flight": 0}
+
+
+def test_time_saved_rows_and_hot_keys_are_counted_per_rule() -> None:
+    metrics = Metrics(hot_keys=2)
+    metrics.served("/predict", Outcome.MISS, 0.2)
+    metrics.served("/predict", Outcome.HIT, 0.001, saved=0.2)
+    metrics.served("/predict", Outcome.STALE, 0.001, saved=0.3)
+    metrics.rows("/batch", hit=7, computed=3)
+    for key in ("a", "a", "a", "b", "c"):  # c replaces b, the least counted, and inherits its count
+        metrics.touched(key)
+    snapshot = metrics.snapshot()
+    assert snapshot["/predict"]["saved_seconds"] == 0.2 + 0.3
+    assert (snapshot["/batch"]["rows_hit"], snapshot["/batch"]["rows_computed"]) == (7, 3)
+    assert metrics.hot.top() == [("a", 3), ("c", 2)]
+
+
+def test_redis_counters_carry_what_grew_at_most_once_per_interval() -> None:
+    metrics = Metrics()
+    metrics.served("/predict", Outcome.HIT, 0.001, saved=0.5)
+    first = metrics.counters_due(now=100.0)
+    assert first == {"/predict\thit": 1, "/predict\tsaved_seconds": 0.5}
+    metrics.served("/predict", Outcome.HIT, 0.001, saved=0.5)
+    assert metrics.counters_due(now=100.5) is None  # not yet due
+    second = metrics.counters_due(now=101.0)
+    assert second == {"/predict\thit": 1, "/predict\tsaved_seconds": 0.5}
+    metrics.counters_lost(second)  # the write failed: the next flush carries it again
+    assert metrics.counters_due(now=102.0) == second
+    assert metrics.counters_due(now=103.0) is None  # nothing grew
+
+
+def test_prometheus_exposes_time_saved_and_rows() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    metrics = Metrics()
+    metrics.served("/predict", Outcome.HIT, 0.001, saved=1.5)
+    metrics.rows("/batch", hit=4, computed=1)
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Collector:
+        def collect(self) -> Iterator[Any]:
+            return metrics.collect({"state": "closed", "total_failures": 0})
+
+    registry.register(Collector())
+    text = generate_latest(registry).decode()
+    assert 'rcm_saved_seconds_total{rule="/predict"} 1.5' in text
+    assert 'rcm_rows_total{result="hit",rule="/batch"} 4.0' in text
+    assert 'rcm_rows_total{result="computed",rule="/batch"} 1.0' in text

@@ -1,0 +1,49 @@
+"""Operator functions over a `redis.asyncio` client (single node or `RedisCluster`): purge, inspect,
+stats. Never imported by the request path."""
+
+from .inspect import (
+    follow_vary,
+    inspect,
+    locate_request,
+    request_digest_for,
+    request_key,
+    request_scope,
+    sample_keys,
+)
+from .purge import L1_CHANNEL, announce, index_tags, purge, purge_request, tag_key
+from .scan import DEFAULT_PREFIX
+from .stats import (
+    find_namespaces,
+    human_bytes,
+    memory_policy,
+    memory_warning,
+    namespace_stats,
+    read_counters,
+    redis_info,
+    write_counters,
+)
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "L1_CHANNEL",
+    "announce",
+    "find_namespaces",
+    "follow_vary",
+    "human_bytes",
+    "index_tags",
+    "inspect",
+    "locate_request",
+    "memory_policy",
+    "memory_warning",
+    "namespace_stats",
+    "purge",
+    "purge_request",
+    "read_counters",
+    "redis_info",
+    "request_digest_for",
+    "request_key",
+    "request_scope",
+    "sample_keys",
+    "tag_key",
+    "write_counters",
+]
