@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -66,8 +66,10 @@ def _first_line(report: pytest.TestReport) -> str:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    report: pytest.TestReport = yield
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     results = item.config.stash[_RESULTS]
     previous = results.get(report.nodeid, {}).get("outcome")
     if report.failed:
@@ -78,7 +80,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         results[report.nodeid] = {"outcome": "skipped", "first_line": ""}
     elif report.when == "call" and report.passed and previous is None:
         results[report.nodeid] = {"outcome": "passed", "first_line": ""}
-    return report  # type: ignore[return-value]
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

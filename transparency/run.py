@@ -104,9 +104,7 @@ def compare(unwrapped: dict[str, dict[str, str]], wrapped: dict[str, dict[str, s
         documented += reason is not None
         mark = f"documented: {reason}" if reason else got["first_line"]
         print(f"  {test}: {base['outcome']} -> {got['outcome']}  {mark}")
-    print(
-        f"transparency: {len(unwrapped)} tests, {len(differences)} differences ({documented} documented)"
-    )
+    print(f"transparency: {len(unwrapped)} tests, {len(differences)} differences ({documented} documented)")
     return 1 if documented < len(differences) else 0
 
 
