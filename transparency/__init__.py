@@ -1,0 +1,1 @@
+"""Transparency harness: Starlette's own test suite, run with and without the cache around every app."""
