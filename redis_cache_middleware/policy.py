@@ -245,19 +245,38 @@ def not_modified(request: HeaderMap, etag: bytes, last_modified: bytes) -> bool:
     if if_none_match is not None:
         if not etag:
             return False
+        if len(if_none_match) == 1 and if_none_match[0].strip() == b"*":
+            return True
         wanted = _opaque(etag)
-        for value in if_none_match:
-            for candidate in value.split(b","):
-                candidate = candidate.strip()
-                if candidate == b"*" or _opaque(candidate) == wanted:
-                    return True
-        return False
+        return any(_opaque(tag) == wanted for value in if_none_match for tag in entity_tags(value))
     if_modified_since = request.get(b"if-modified-since")
     if if_modified_since is None or not last_modified:
         return False
     since = parse_http_date(if_modified_since[0])
     modified = parse_http_date(last_modified)
     return since is not None and modified is not None and modified <= since
+
+
+def entity_tags(value: bytes) -> list[bytes]:
+    """The entity-tags of an `If-None-Match`/`If-Match` list (RFC 9110 section 8.8.3: a comma may stand
+    inside a quoted tag; `*` counts only as the whole field value); [] when the list does not parse."""
+    tags: list[bytes] = []
+    position, end = 0, len(value)
+    while position < end:
+        if value[position] in b" \t,":
+            position += 1
+            continue
+        start = position
+        if value.startswith(b"W/", position):
+            position += 2
+        if position >= end or value[position] != 0x22:  # a tag must be quoted
+            return []
+        close = value.find(b'"', position + 1)
+        if close < 0:
+            return []
+        tags.append(value[start : close + 1])
+        position = close + 1
+    return tags
 
 
 def not_modified_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
