@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
 import anyio
 
-from .backends import Backend, BackendError, LockingBackend, PartialBackendError
+from .backends import Backend, BackendError, CountingBackend, LockingBackend, PartialBackendError
 from .breaker import CircuitBreaker
 from .budget import Budget
 from .decision import keep_seconds
@@ -237,6 +237,27 @@ class Cache:
                 with anyio.CancelScope(shield=True):
                     with suppress(Unavailable):
                         await self._call(lambda: backend.release(lease, token))
+
+    async def memory_policy(self) -> tuple[int, str] | None:
+        """Redis's (maxmemory, maxmemory-policy), when the backend can tell (None otherwise)."""
+        backend = getattr(self.backend, "l2", self.backend)
+        ask = getattr(backend, "memory_policy", None)
+        if ask is None or (self._asyncio_only and not on_asyncio()):
+            return None
+        answer: tuple[int, str] | None = await ask()
+        return answer
+
+    async def add_counters(self, deltas: Mapping[str, float]) -> bool:
+        """Add this process's counter deltas to the shared hash; whether they were written."""
+        backend = self.backend
+        if not isinstance(backend, CountingBackend):
+            return True  # nowhere to share them: nothing lost
+        key = self.keys.stats()
+        try:
+            await self._call(lambda: backend.add_counters(key, deltas))
+        except Unavailable:
+            return False
+        return True
 
     async def purge(self, pattern: str) -> int:
         """Delete every key matching the glob `pattern` (raises `BackendError`)."""

@@ -24,6 +24,7 @@ from .typed import RouteCanon
 Headers = dict[bytes, list[bytes]]
 
 TAG_SEGMENT = "tag"  # the version segment reserved for tag index sets
+STATS_SEGMENT = "stats"  # the shared counters' hash, `{prefix}:{namespace}:stats`
 _UNSAFE_KEY_CHARS = frozenset("{}: \t\r\n")
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\^])")
 _DIGEST = re.compile(r"[0-9a-f]{32}")
@@ -68,8 +69,8 @@ class KeySpace:
     def __post_init__(self) -> None:
         for label in ("prefix", "namespace", "version"):
             check_key_part("CacheMiddleware", label, getattr(self, label))
-        if self.version == TAG_SEGMENT:
-            raise ValueError(f"CacheMiddleware version {TAG_SEGMENT!r} is reserved for tag index keys")
+        if self.version in (TAG_SEGMENT, STATS_SEGMENT):
+            raise ValueError(f"CacheMiddleware version {self.version!r} is reserved (tag sets, counters)")
         object.__setattr__(self, "head", f"{self.prefix}:{self.namespace}:{self.version}:")
 
     def with_version(self, version: str) -> KeySpace:
@@ -96,7 +97,7 @@ class KeySpace:
 
     def stats(self) -> str:
         """The hash of per-rule counters every process adds to (`{rule}\t{field}` -> number)."""
-        return f"{self.prefix}:{self.namespace}:stats"
+        return f"{self.prefix}:{self.namespace}:{STATS_SEGMENT}"
 
     def tags_glob(self) -> str:
         """Every tag set of the namespace."""

@@ -29,6 +29,7 @@ from .response import StatusHeaders
 from .rowpath import answer_rows
 from .rules import CacheRule, RuleMatcher
 from .typed import RouteCanon, RouteTypes, route_types
+from .upkeep import Upkeep
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class CacheMiddleware:
         self.parts = Parts(
             app, self.cache, self.config, self.flights, RowFlights(), self.metrics, status_headers
         )
+        self.upkeep = Upkeep(self.cache, self.metrics)
         self.typed_keys = typed_keys
         self._route_types: RouteTypes | None = None
         self._canons: dict[tuple[str, str], RouteCanon | None] = {}
@@ -165,15 +167,15 @@ class CacheMiddleware:
         )
         if rule.batch is not None or rule.row is not None:
             await answer_rows(self.parts, request, canon)
-            return
-        try:
-            entry = await self.cache.lookup(request.key, headers, request.budget)
-        except Unavailable as exc:
-            await bypass(self.parts, rule, exc.reason, scope, receive, send)
-            return
-        await self._respond(
-            request, decide(entry, time.time(), rule, directives, config.allow_client_refresh)
-        )
+        else:
+            try:
+                entry = await self.cache.lookup(request.key, headers, request.budget)
+            except Unavailable as exc:
+                await bypass(self.parts, rule, exc.reason, scope, receive, send)
+                return
+            now = time.time()
+            await self._respond(request, decide(entry, now, rule, directives, config.allow_client_refresh))
+        await self.upkeep.after_response()
 
     async def _respond(self, request: Request, decision: Decision) -> None:
         """Carry out the decision for a looked-up request."""

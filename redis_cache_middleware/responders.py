@@ -46,7 +46,9 @@ async def answer_from_entry(
     await request.send({"type": "http.response.start", "status": code, "headers": headers})
     await request.send({"type": "http.response.body", "body": b"" if request.head else body})
     if status.outcome is not Outcome.MISS:
-        parts.metrics.served(request.rule.key_name, status.outcome, time.perf_counter() - request.started)
+        seconds = time.perf_counter() - request.started
+        parts.metrics.served(request.rule.key_name, status.outcome, seconds, entry.delta)
+        parts.metrics.touched(request.key)
 
 
 async def only_if_cached(parts: Parts, request: Request) -> None:

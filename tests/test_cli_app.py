@@ -112,6 +112,7 @@ async def test_stats_shows_every_process_counters_from_redis(
 ) -> None:
     await fill(backend)
     key = KeySpace("rcm", "opsapp").stats()
+    redis_client.delete(key)  # what the filling process flushed: the test writes two processes' own
     await write_counters(
         backend.client, key, {"/predict\thit": 3, "/predict\tmiss": 1, "/predict\tsaved_seconds": 0.75}
     )

@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from redis_cache_middleware import CacheMiddleware, MetricsEndpoint, RedisBackend
+from redis_cache_middleware import CacheMiddleware, CacheRule, MetricsEndpoint, RedisBackend
 from redis_cache_middleware.metrics import Metrics, Outcome
 
 from .apps import cached_app
@@ -106,3 +107,17 @@ def test_prometheus_exposes_time_saved_and_rows() -> None:
     assert 'rcm_saved_seconds_total{rule="/predict"} 1.5' in text
     assert 'rcm_rows_total{result="hit",rule="/batch"} 4.0' in text
     assert 'rcm_rows_total{result="computed",rule="/batch"} 1.0' in text
+
+
+async def test_each_process_adds_its_counters_to_the_shared_hash(
+    backend: RedisBackend, redis_client: redis.Redis
+) -> None:
+    app = Starlette(routes=[Route("/predict", lambda request: JSONResponse({"p": 1}))])
+    cache = CacheMiddleware(app, backend=backend, rules=[CacheRule("/predict", ttl=60)], namespace="shared")
+    cache.upkeep.interval = 0.0  # flush after every response rather than once a second
+    async with client_for(cache) as client:
+        for _ in range(3):
+            await client.get("/predict")
+    counters = redis_client.hgetall(cache.keys.stats())
+    assert counters[b"/predict\tmiss"] == b"1" and counters[b"/predict\thit"] == b"2"
+    assert float(counters[b"/predict\tsaved_seconds"]) > 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -59,6 +59,15 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections; the backend is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class CountingBackend(Protocol):
+    """A backend that also keeps shared counters (what every process's cache did, for operators)."""
+
+    async def add_counters(self, key: str, deltas: Mapping[str, float]) -> None:
+        """Add each delta to its field of the counter hash `key`, in one round trip."""
         ...
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 _Members = set[str]  # named here: inside MemoryBackend, `set` is the method
@@ -84,6 +84,7 @@ class MemoryBackend:
         self.max_bytes = max_bytes
         self.size = 0
         self._items: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self.counters: dict[str, dict[str, float]] = {}
         self._sets: dict[str, tuple[_Members, float, int]] = {}
 
     async def get(self, key: str) -> bytes | None:
@@ -101,6 +102,12 @@ class MemoryBackend:
 
     async def delete(self, keys: Sequence[str]) -> int:
         return sum(self._remove(key) or self._sets.pop(key, None) is not None for key in keys)
+
+    async def add_counters(self, key: str, deltas: Mapping[str, float]) -> None:
+        """Add each delta to its field of the counter hash `key` (kept apart from the LRU values)."""
+        fields = self.counters.setdefault(key, {})
+        for field, value in deltas.items():
+            fields[field] = fields.get(field, 0.0) + value
 
     async def add_to_sets(self, sets: Sequence[str], member: str, ttl: float) -> None:
         now = time.monotonic()

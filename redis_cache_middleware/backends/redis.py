@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -184,6 +184,21 @@ class RedisBackend:
             pipe.set(key, value, px=milliseconds)
 
         await self._per_node("SET", [key for key, _, _ in timed], sets)
+
+    async def add_counters(self, key: str, deltas: Mapping[str, float]) -> None:
+        """Add each delta to its field of the hash `key` (HINCRBY for whole numbers, else HINCRBYFLOAT),
+        in one round trip."""
+
+        async def add() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for field, value in deltas.items():
+                if float(value).is_integer():
+                    pipe.hincrby(key, field, int(value))
+                else:
+                    pipe.hincrbyfloat(key, field, value)
+            await pipe.execute()
+
+        await self._call("HINCRBY", add, key)
 
     async def add_to_sets(self, sets: Sequence[str], member: str, ttl: float) -> None:
         """`SADD set member`, and the set's expiry raised to at least `ttl` (PEXPIRE NX, then GT; needs

@@ -32,7 +32,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -254,6 +254,10 @@ class TieredBackend:
             for key, flight in flights:
                 self._end(key, flight)
         return int(removed)
+
+    async def add_counters(self, key: str, deltas: Mapping[str, float]) -> None:
+        """Counters live in Redis only."""
+        await self.l2.add_counters(key, deltas)
 
     async def add_to_sets(self, sets: Sequence[str], member: str, ttl: float) -> None:
         """Sets live in Redis only (tag indexes are read by purges, never by requests)."""

@@ -1,6 +1,7 @@
 """Operator functions over a `redis.asyncio` client (single node or `RedisCluster`): purge, inspect,
 stats. Never imported by the request path."""
 
+from ..upkeep import memory_warning
 from .inspect import (
     follow_vary,
     inspect,
@@ -16,7 +17,6 @@ from .stats import (
     find_namespaces,
     human_bytes,
     memory_policy,
-    memory_warning,
     namespace_stats,
     read_counters,
     redis_info,

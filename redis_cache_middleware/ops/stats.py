@@ -114,25 +114,6 @@ async def read_counters(client: Client, space: KeySpace) -> dict[str, dict[str, 
     return out
 
 
-def memory_warning(info: tuple[int, str] | None) -> str | None:
-    """One warning line when Redis (`(maxmemory, maxmemory-policy)`, None: unknown) will fill up until
-    writes fail: no maxmemory, or the `noeviction` policy."""
-    if info is None:
-        return None
-    maxmemory, policy = info
-    if maxmemory == 0:
-        return (
-            "redis-cache-middleware: Redis has no maxmemory; the cache will grow until Redis runs out of "
-            "memory (set maxmemory and maxmemory-policy allkeys-lru or volatile-lru)"
-        )
-    if policy == "noeviction":
-        return (
-            "redis-cache-middleware: Redis maxmemory-policy is noeviction; once full, every cache write "
-            "fails (use allkeys-lru or volatile-lru)"
-        )
-    return None
-
-
 async def memory_policy(client: Client) -> tuple[int, str]:
     """(maxmemory, maxmemory-policy) from CONFIG GET (the smallest maxmemory over a cluster's primaries)."""
     if isinstance(client, RedisCluster):
