@@ -33,6 +33,7 @@ class Flight:
         "done",
         "entry",
         "followers",
+        "orphaned",
         "shareable",
         "start",
     )
@@ -46,6 +47,7 @@ class Flight:
         self.aborted = False
         self.done = False
         self.followers = 0
+        self.orphaned = False  # the leader's own client is gone (its task was cancelled)
         self._changed = anyio.Event()
 
     def publish_start(self, start: Message | None) -> None:

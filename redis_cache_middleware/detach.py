@@ -1,10 +1,10 @@
-"""Run work that must outlive its caller (a computation others wait for, a background refresh), on any
+"""Run work that may outlive its caller (a computation others wait for, a background refresh), on any
 loop.
 
-AnyIO's shielded cancel scopes stop every cancellation under trio, and every AnyIO cancellation under
-asyncio; but an asyncio server may also cancel a request's task natively (`Task.cancel()`), which no cancel
-scope can stop. So under asyncio the work runs in a task of its own that the caller awaits through
-`asyncio.shield`; under any other AnyIO backend, in a shielded scope. This is the one place that knows.
+AnyIO offers no task that outlives its caller's scope, and an asyncio server may cancel a request's task
+natively (`Task.cancel()`), which no AnyIO cancel scope can stop: so under asyncio the work runs in a task
+of its own; under trio it stays in the request's task (scoped cancellation is the client's verdict, and it
+is honoured). This is the one place that knows asyncio from trio.
 """
 
 from __future__ import annotations
@@ -26,11 +26,16 @@ def on_asyncio() -> bool:
     return isinstance(getattr(token, "native_token", token), asyncio.AbstractEventLoop)
 
 
-async def run_detached(work: Callable[[], Awaitable[None]]) -> None:
-    """Await `work()`; if the caller is cancelled meanwhile, the work still runs to its end."""
+async def run_detached(work: Callable[[], Awaitable[None]], needed: Callable[[], bool]) -> None:
+    """Await `work()`. If the caller is cancelled meanwhile, the work goes on while `needed()` says someone
+    can still use it (waiters, or a response being stored), and is cancelled otherwise.
+
+    Under asyncio the work runs in a task of its own, awaited through `asyncio.shield`, since a server may
+    cancel the request's task natively. Under trio, cancellation is always scoped and a request's scope is
+    its client's: the work is simply cancelled with it, and waiters compute for themselves.
+    """
     if not on_asyncio():
-        with anyio.CancelScope(shield=True):
-            await work()
+        await work()
         return
 
     async def wrapped() -> None:
@@ -39,7 +44,12 @@ async def run_detached(work: Callable[[], Awaitable[None]]) -> None:
     task = asyncio.ensure_future(wrapped())
     _running.add(task)
     task.add_done_callback(_finished)
-    await asyncio.shield(task)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not needed():
+            task.cancel()
+        raise
 
 
 async def after_response(work: Callable[[], Awaitable[None]]) -> None:

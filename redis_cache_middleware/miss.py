@@ -62,7 +62,11 @@ async def run_miss(parts: Parts, request: Request, stale: Entry | None, fwd: str
         finally:
             flights.finish(key, flight, None)  # nothing shareable, unless the leader finished it first
 
-    await run_detached(lead)
+    def needed() -> bool:  # the leader's client is gone: go on only for waiters or a response being stored
+        flight.orphaned = True
+        return not flight.done and (flight.followers > 0 or flight.shareable is not False)
+
+    await run_detached(lead, needed)
 
 
 async def refresh(parts: Parts, request: Request) -> None:
@@ -305,7 +309,8 @@ class MissResponder:
     async def _forward(self, message: Message) -> None:
         """Send to the client. Once it is gone, finish quietly for the cache or for waiters, within the
         rule's size limit and `coalesce_timeout`; when nobody needs the rest, stop the app."""
-        if self.client_gone:
+        if self.client_gone or (self.flight is not None and self.flight.orphaned):
+            self.client_gone = True
             if not self._needed():
                 raise ClientGone("the client disconnected")
             return

@@ -156,3 +156,36 @@ def test_large_json_bodies_are_keyed_on_their_bytes() -> None:
     assert request_digest(rule, scope, headers, small[0]) == request_digest(rule, scope, headers, small[1])
     assert request_digest(rule, scope, headers, large[0]) != request_digest(rule, scope, headers, large[1])
     assert request_digest(rule, scope, headers, large[0]) == request_digest(rule, scope, headers, large[0])
+
+
+async def test_a_cancelled_request_stops_work_nobody_can_use(anyio_backend: str) -> None:
+    """The leader's task cancelled (its client gone), no waiter, a response that may not be stored: the
+    app is cancelled too, under asyncio (detached task) as under trio (scoped cancellation)."""
+    produced = 0
+    started = anyio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal produced
+        while True:
+            produced += 1
+            started.set()
+            yield b"z"
+            await anyio.sleep(0.001)
+
+    async def endpoint(request: Request) -> Response:
+        response = StreamingResponse(endless())
+        response.set_cookie("session", "one client's")  # never stored, never shared
+        return response
+
+    cache = cached(Starlette(routes=[Route("/x", endpoint)]))
+
+    async def send(message: Message) -> None:
+        pass
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cache, http_scope("/x"), no_body, send)
+        await started.wait()
+        group.cancel_scope.cancel()
+    stopped_at = produced
+    await anyio.sleep(0.2)
+    assert produced <= stopped_at + 1, "the endpoint went on producing after its request was cancelled"
