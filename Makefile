@@ -10,7 +10,7 @@ MIN_PINS = $(shell python3 -c 'import tomllib; deps = tomllib.load(open("pyproje
 # pytest exits 5 when it collected no test: that fails too (make stops on any non-zero code), saying why.
 PYTEST = -m pytest || { code=$$?; [ $$code -ne 5 ] || echo "pytest collected no tests" >&2; exit $$code; }
 
-.PHONY: demo test test-min lint bench redis-server clean
+.PHONY: demo test test-min transparency lint bench redis-server clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,10 +45,16 @@ test-min: $(MIN_STAMP) redis-server
 	$(VENV_MIN)/bin/python -c 'import importlib.metadata as m; print("lowest versions:", *(f"{n} {m.version(n)}" for n in ("starlette", "redis", "orjson")))'
 	$(VENV_MIN)/bin/python $(PYTEST)
 
+# Starlette's own test suite with and without the cache around every app (.venv-transp, from PyPI);
+# fails on any difference not listed in transparency/known_differences.txt.
+transparency:
+	python3 -m transparency.run
+
 bench: $(STAMP) redis-server
 	$(PY) -m pip install -q -e ".[demo,bench]"
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q wrk; } || echo "no wrk: using the Python load generator"
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.workload --chart docs/workload.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -56,4 +62,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict redis_cache_middleware demo tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(VENV_MIN) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis demo/model.joblib
+	rm -rf $(VENV) $(VENV_MIN) .venv-transp build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis demo/model.joblib
