@@ -138,6 +138,7 @@ def main() -> None:
             shown_host,
             port,
         )
+        logger.info("cache dashboard: http://%s:%d/cache/", shown_host, port)
         # FastAPI, pydantic and scikit-learn leave ~140k long-lived objects that every full collection walks
         # (75-120 ms pauses, longer than the cache timeout); frozen, those pauses stay near 1 ms.
         gc.collect()

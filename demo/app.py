@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from demo.train import default_model_path, default_n_estimators, load_or_train, train
 from redis_cache_middleware import Backend, BatchRows, CacheMiddleware, CacheRule, MetricsEndpoint, Row
+from redis_cache_middleware.dashboard import CacheDashboard
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,9 @@ def create_app(
         return {"version": app.state.model_version}
 
     app.router.routes.append(Route("/metrics", MetricsEndpoint()))
+    # The live cache dashboard; set DEMO_DASHBOARD_TOKEN to require `?token=` (the demo listens on
+    # 127.0.0.1 by default, so it is open there).
+    app.mount("/cache", CacheDashboard(token=os.environ.get("DEMO_DASHBOARD_TOKEN") or None))
 
     if rules is None:
         rules = default_rules(int(os.environ.get("DEMO_TTL", "300")))

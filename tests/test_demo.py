@@ -48,7 +48,7 @@ async def test_cached_predictions_equal_the_model(
             assert got.headers["x-cache"] == posted.headers["x-cache"] == "HIT"
         health = await client.get("/health")
     assert "x-cache" not in health.headers
-    keys = list(redis_client.scan_iter("rcm:iris:*"))
+    keys = list(redis_client.scan_iter("rcm:iris:model-*"))
     assert len(keys) == len(samples) + 1  # one row each, shared by GET and POST, and the route's envelope
     assert all(0 < redis_client.ttl(k) <= 300 for k in keys)
 
@@ -97,7 +97,7 @@ def test_demo_server_and_verify(demo_server: str, redis_client: redis.Redis) -> 
         ["POST", "HIT"],
     ]
     # three rows and two envelopes (the single routes', the batch route's)
-    assert len(list(redis_client.scan_iter("rcm:iris:*"))) == 5
+    assert len(list(redis_client.scan_iter("rcm:iris:model-*"))) == 5
 
 
 async def test_model_reload_bumps_the_version_and_old_predictions_are_never_served(
