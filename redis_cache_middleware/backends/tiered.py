@@ -64,6 +64,16 @@ class _Flight:
         self.dirty = False
 
 
+def new_sender() -> bytes:
+    """A fresh id for the invalidation messages of one publisher (16 bytes)."""
+    return os.urandom(_SENDER_LEN // 2).hex().encode()
+
+
+def invalidation_message(sender: bytes, key: str) -> bytes:
+    """The message on the channel that makes every other L1 drop `key` (every key when `key` is "")."""
+    return sender + key.encode("utf-8", "surrogateescape")
+
+
 class TieredBackend:
     """An in-process L1 (`MemoryBackend`, LRU bounded by `l1_max_bytes`) in front of `l2`.
 
@@ -94,7 +104,7 @@ class TieredBackend:
         self.channel = channel
         self.heartbeat = heartbeat
         self._client: Redis = l2.client
-        self._sender = os.urandom(_SENDER_LEN // 2).hex().encode()
+        self._sender = new_sender()
         self._get_script = Script(GET_WITH_TTL)
         self._set_script = Script(SET_AND_PUBLISH)
         self._delete_script = Script(DELETE_AND_PUBLISH)
@@ -280,7 +290,9 @@ class TieredBackend:
     async def broadcast_clear(self) -> None:
         """Empty the L1 of every process on the channel, this one included (after a purge, say)."""
         self._go_down_l1()
-        await self.l2.call("PUBLISH", lambda: self._client.publish(self.channel, self._sender))
+        await self.l2.call(
+            "PUBLISH", lambda: self._client.publish(self.channel, invalidation_message(self._sender, ""))
+        )
 
     async def acquire(self, key: str, token: str, ttl: float) -> bool:
         """Take the lease `key` in Redis (`SET NX PX`); leases never go through L1."""

@@ -4,17 +4,16 @@ primary of a cluster), tag sets read by `SSCAN`, removal by `UNLINK` in batches.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from typing import cast
 
-from ..backends.tiered import DEFAULT_CHANNEL
+from ..backends.tiered import DEFAULT_CHANNEL, invalidation_message, new_sender
 from ..keys import KeySpace
 from .scan import DEFAULT_PREFIX, Client, RawKey, scan_keys, text, unlink
 
 L1_CHANNEL = DEFAULT_CHANNEL
-_SENDER = os.urandom(8).hex().encode()
+_SENDER = new_sender()
 
 
 def tag_key(prefix: str, namespace: str, tag: str) -> str:
@@ -159,4 +158,4 @@ async def purge_request(client: Client, key: str, *, l1_channel: str | None = L1
 async def announce(client: Client, channel: str | None, key: str = "") -> None:
     """Tell every `TieredBackend` on `channel` to drop `key` from its L1 (every key when ""); None: no-op."""
     if channel:
-        await client.publish(channel, _SENDER + key.encode("utf-8", "surrogateescape"))
+        await client.publish(channel, invalidation_message(_SENDER, key))
