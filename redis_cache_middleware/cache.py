@@ -20,7 +20,7 @@ from .breaker import CircuitBreaker
 from .budget import Budget
 from .decision import keep_seconds
 from .detach import on_asyncio
-from .entry import Entry, VaryMarker, decode, encode, encode_marker
+from .entry import Entry, VaryMarker, decode, decode_row, encode, encode_marker, encode_row
 from .keys import Headers, KeySpace, variant_key
 from .metrics import Metrics
 from .rules import CacheRule
@@ -128,27 +128,36 @@ class Cache:
 
     async def rows(
         self, envelope_key: str, keys: Sequence[str], budget: Budget | None = None
-    ) -> tuple[Entry | None, dict[str, Entry]]:
-        """A route's envelope and those of `keys` (rows) that are stored and fresh, in one round trip
-        (raises `Unavailable`)."""
-        backend, now = self.backend, time.time()
+    ) -> tuple[Entry | None, dict[str, tuple[bytes, float]]]:
+        """A route's envelope (when stored and fresh) and the stored rows among `keys`, as (value, compute
+        seconds), in one round trip (raises `Unavailable`)."""
+        backend, signing_key = self.backend, self.signing_key
         found = await self._call(lambda: backend.get_many([envelope_key, *keys]), budget)
-        records = {
-            key: self._fresh(data, key, now) for key, data in zip((envelope_key, *keys), found, strict=True)
-        }
-        envelope = records.pop(envelope_key)
-        return envelope, {key: entry for key, entry in records.items() if entry is not None}
+        envelope = self._fresh(found[0], envelope_key, time.time())
+        rows = {}
+        for key, data in zip(keys, found[1:], strict=True):
+            row = decode_row(data, key, signing_key) if data is not None else None
+            if row is not None:
+                rows[key] = row
+        return envelope, rows
 
     def _fresh(self, data: bytes | None, key: str, now: float) -> Entry | None:
         record = decode(data, key, self.signing_key) if data is not None else None
         return record if isinstance(record, Entry) and record.is_fresh(now) else None
 
     async def save_rows(
-        self, entries: Sequence[Entry], rule: CacheRule, budget: Budget | None = None
+        self,
+        rows: Sequence[tuple[str, bytes, float]],
+        envelope: Entry,
+        rule: CacheRule,
+        budget: Budget | None = None,
     ) -> bool:
-        """Write rows and an envelope, each for its own `ttl`, in one round trip; whether they were written.
-        Raises only `OverBudget` (write again without a budget once the client has its answer)."""
-        items = [(entry.key, encode(entry, self.signing_key), entry.ttl) for entry in entries]
+        """Write rows (key, value, compute seconds) and their route's envelope, for the envelope's `ttl`,
+        in one round trip; whether they were written. Raises only `OverBudget` (write again without a
+        budget once the client has its answer)."""
+        signing_key, ttl = self.signing_key, envelope.ttl
+        items = [(key, encode_row(key, value, delta, signing_key), ttl) for key, value, delta in rows]
+        items.append((envelope.key, encode(envelope, signing_key), ttl))
         try:
             await self._call(lambda: self.backend.set_many(items), budget)
         except OverBudget:
@@ -157,7 +166,7 @@ class Cache:
             stored = False
         else:
             stored = True
-        self.metrics.stored(rule.key_name, sum(len(entry.body) for entry in entries), stored)
+        self.metrics.stored(rule.key_name, sum(len(item[1]) for item in items), stored)
         return stored
 
     async def fresh_entry(self, key: str, headers: Headers, within: float) -> Entry | None:

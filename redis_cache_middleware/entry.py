@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from dataclasses import dataclass, field
 
 import orjson
@@ -148,3 +149,33 @@ def _seal(data: bytes, signing_key: bytes | None) -> bytes:
 
 def _mac(data: bytes, signing_key: bytes) -> bytes:
     return hmac.new(signing_key, data, hashlib.sha256).digest()
+
+
+# A row of a row space (rowpath.py): `RCR`, the format version, the 8-byte compute time (float64), the
+# key's length (2 bytes) and the key, then the value's JSON bytes; sealed like every record. Far cheaper to
+# read than a response record: a batch reads dozens of them per request. Rows expire in Redis, never stale.
+_ROW = b"RCR" + bytes([FORMAT_VERSION])
+_ROW_HEAD = len(_ROW) + 8 + 2
+
+
+def encode_row(key: str, value: bytes, delta: float, signing_key: bytes | None = None) -> bytes:
+    """Serialise one row's value (and the app time it took); `decode_row` gives them back."""
+    raw_key = key.encode()
+    head = _ROW + struct.pack(">dH", delta, len(raw_key))
+    return _seal(b"".join((head, raw_key, value)), signing_key)
+
+
+def decode_row(data: bytes, key: str, signing_key: bytes | None = None) -> tuple[bytes, float] | None:
+    """(value, compute seconds) of the row stored under `key`; None when corrupt, mis-signed or another's."""
+    if signing_key is not None:
+        body, mac = data[:-_MAC_LEN], data[-_MAC_LEN:]
+        if len(data) < _MAC_LEN or not hmac.compare_digest(mac, _mac(body, signing_key)):
+            return None
+        data = body
+    if len(data) < _ROW_HEAD or not data.startswith(_ROW):
+        return None
+    delta, length = struct.unpack_from(">dH", data, len(_ROW))
+    end = _ROW_HEAD + length
+    if data[_ROW_HEAD:end] != key.encode():
+        return None
+    return data[end:], delta

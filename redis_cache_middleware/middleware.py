@@ -151,7 +151,12 @@ class CacheMiddleware:
             return
 
         canon = self._canon(rule, method, scope) if self.typed_keys else None
-        digest = request_digest(rule.keying, scope, headers, body, config.credential_headers, canon)
+        by_rows = rule.batch is not None or rule.row is not None
+        if by_rows:  # keyed row by row (rowpath.py): no whole-request key
+            key = ""
+        else:
+            digest = request_digest(rule.keying, scope, headers, body, config.credential_headers, canon)
+            key = self.cache.keys.entry(rule.key_name, digest)
         request = Request(
             scope=scope,
             receive=receive,
@@ -159,13 +164,13 @@ class CacheMiddleware:
             rule=rule,
             headers=headers,
             body=body,
-            key=self.cache.keys.entry(rule.key_name, digest),
+            key=key,
             started=started,
             directives=directives,
             head=method == "HEAD",
             budget=Budget(self._budget),
         )
-        if rule.batch is not None or rule.row is not None:
+        if by_rows:
             await answer_rows(self.parts, request, canon)
         else:
             try:

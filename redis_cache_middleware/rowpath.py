@@ -115,12 +115,13 @@ async def answer_batch(parts: Parts, request: Request, canon: RouteCanon | None)
         await bypass(parts, rule, exc.reason, request.scope, request.receive, request.send)
         return
     if envelope is not None and len(values) == len(distinct):
-        body = assemble(envelope.body, [values[key].body for key in keys])
+        body = assemble(envelope.body, [values[key][0] for key in keys])
         status = CacheStatus(b"HIT", ("hit", f"detail=rows-{len(keys)}/{len(keys)}"), Outcome.HIT)
-        await _send(parts, request, envelope.status, envelope.headers, body, status)
+        saved = sum(values[key][1] for key in keys)
+        await _send(parts, request, envelope.status, envelope.headers, body, status, saved)
         parts.metrics.rows(rule.key_name, hit=len(keys), computed=0)
         return
-    found = {key: entry.body for key, entry in values.items()}
+    found = {key: value for key, (value, _) in values.items()}
     await _compute_and_answer(parts, request, split, keys, found, envelope, envelope_key)
 
 
@@ -223,12 +224,12 @@ async def _store(parts: Parts, request: Request, computed: Computed, envelope_ke
     backend time is spent)."""
     now, ttl = time.time(), computed.ttl or 0.0
     share = computed.seconds / max(1, len(computed.rows))
-    entries = [Entry(key, 200, [], value, now, ttl, delta=share) for key, value in computed.rows.items()]
-    entries.append(Entry(envelope_key, computed.status, computed.headers, computed.envelope, now, ttl))
+    rows = [(key, value, share) for key, value in computed.rows.items()]
+    envelope = Entry(envelope_key, computed.status, computed.headers, computed.envelope, now, ttl)
     try:
-        await parts.cache.save_rows(entries, request.rule, request.budget)
+        await parts.cache.save_rows(rows, envelope, request.rule, request.budget)
     except OverBudget:
-        await parts.cache.save_rows(entries, request.rule)
+        await parts.cache.save_rows(rows, envelope, request.rule)
 
 
 async def _send(
@@ -238,12 +239,14 @@ async def _send(
     stored_headers: list[tuple[bytes, bytes]],
     body: bytes,
     status: CacheStatus,
+    saved: float = 0.0,
 ) -> None:
     headers = [*stored_headers, (b"content-length", str(len(body)).encode())]
     headers += parts.status_headers(status, request.key)
     await request.send({"type": "http.response.start", "status": code, "headers": headers})
     await request.send({"type": "http.response.body", "body": body})
-    parts.metrics.served(request.rule.key_name, status.outcome, time.perf_counter() - request.started)
+    seconds = time.perf_counter() - request.started
+    parts.metrics.served(request.rule.key_name, status.outcome, seconds, saved)
 
 
 async def _pass_through(parts: Parts, request: Request, captured: Captured, reason: str) -> None:
@@ -283,7 +286,7 @@ async def answer_row(parts: Parts, request: Request, canon: RouteCanon | None) -
     except Unavailable as exc:
         await bypass(parts, rule, exc.reason, request.scope, request.receive, request.send)
         return
-    value = values[key].body if key in values else None
+    value = values[key][0] if key in values else None
     mine: list[str] = []
     if value is None:
         mine, theirs = parts.row_flights.claim([key])

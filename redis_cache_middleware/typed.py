@@ -187,9 +187,20 @@ def _validated(validate: Callable[[Any], Any], value: Any, places: int | None) -
 
 
 def _plain(result: Any, places: int | None) -> Any:
+    if type(result) is list:  # one pass, no per-item call for floats: batches are lists of float rows
+        items = []
+        for item in result:
+            if type(item) is float and places is None:
+                if item - item != 0.0:  # inf or nan
+                    return _UNPROVEN
+            else:
+                item = _plain(item, places)
+                if item is _UNPROVEN:
+                    return _UNPROVEN
+            items.append(item)
+        return items
     if isinstance(result, list):
-        items = [_plain(item, places) for item in result]
-        return _UNPROVEN if any(item is _UNPROVEN for item in items) else items
+        return _UNPROVEN
     if type(result) is float:
         if not math.isfinite(result):
             return _UNPROVEN

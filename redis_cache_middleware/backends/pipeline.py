@@ -208,9 +208,12 @@ class Pipeline:
         order, so the last one is waited for). No reply in time: the connection is dropped."""
         protocol = await self.connect(within)
         waiters = protocol.send(*commands)
-        deadline = _Deadline(waiters[-1], within)
+        last = waiters[-1]
+        deadline = _Deadline(last, within)
         try:
-            await asyncio.wait([waiters[-1]])
+            await last  # awaited directly: this is the hit path (asyncio.wait would cost a task's worth)
+        except Exception:  # a failed or overdue reply: inspected below, with the others
+            pass
         except BaseException:  # the caller was cancelled: its replies are read and dropped
             for waiter in waiters:
                 waiter.cancel()
