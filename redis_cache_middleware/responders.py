@@ -44,9 +44,10 @@ async def answer_from_entry(
     parts: Parts, request: Request, entry: Entry, age: float, status: CacheStatus, may_range: bool = True
 ) -> None:
     """Send `entry` as the answer (304 when the request's conditions hold, a 206 or 416 for a GET's Range
-    unless `may_range` is false, no body for HEAD)."""
+    unless `may_range` is false (RFC 9110 section 14.2: GET only), no body for HEAD)."""
     hidden, head = parts.config.hidden_fields, request.head
-    code, headers, body = response.render(entry, request.headers, age, hidden, may_range and not head)
+    ranged = may_range and b"range" in request.headers and request.scope["method"] == "GET"  # section 14.2
+    code, headers, body = response.render(entry, request.headers, age, hidden, ranged)
     headers += parts.status_headers(status, request.key)
     await request.send({"type": "http.response.start", "status": code, "headers": headers})
     await request.send({"type": "http.response.body", "body": b"" if head else body})

@@ -86,10 +86,10 @@ def render(
     request_headers: Headers,
     age: float,
     hidden: frozenset[bytes] = frozenset(),
-    may_range: bool = False,
+    ranged: bool = False,
 ) -> tuple[int, RawHeaders, bytes]:
     """Status, fields and body answering a request from `entry`: 304 when the request's conditions hold
-    (RFC 9110 section 13.1), with `may_range` a 206 or 416 for a Range (section 14), the stored body
+    (RFC 9110 section 13.1), when `ranged` (a GET with Range) a 206 or 416 (section 14), the stored body
     otherwise; with Content-Length and `Age`, without the `hidden` fields."""
     if (
         200 <= entry.status < 300
@@ -100,7 +100,7 @@ def render(
     else:
         status, body = entry.status, entry.body
         headers = [(name, value) for name, value in entry.headers if name not in hidden]
-        if may_range and b"range" in request_headers and status == 200:
+        if ranged and status == 200:
             status, headers, body = _ranged(entry, request_headers, headers)
         elif status in policy.BODYLESS_STATUSES:
             body = b""

@@ -418,6 +418,16 @@ async def test_no_range_from_a_miss_not_stored_and_partials_never_stored(backend
     assert [p.headers["x-cache"] for p in partials] == ["MISS", "MISS"] and origin.calls["/partial"] == 2
 
 
+async def test_range_applies_to_get_only(backend: RedisBackend) -> None:
+    """RFC 9110 section 14.2: a Range on any other method is ignored, even on a cached POST."""
+    app, origin = cached(backend, [CacheRule("/p", ttl=60, methods=("POST",))])
+    origin.on("/p")
+    async with client_for(app) as client:
+        await client.post("/p", content=b"q")
+        hit = await client.post("/p", content=b"q", headers={"range": "bytes=0-1"})
+    assert (hit.headers["x-cache"], hit.status_code, hit.content) == ("HIT", 200, BODY)
+
+
 # 8. RFC 9110 section 12.5: Vary normalisation ---------------------------------------------------------------
 
 
