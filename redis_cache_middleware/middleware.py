@@ -108,7 +108,15 @@ class CacheMiddleware:
         self.flights = SingleFlight(hit_for_miss)
         status_headers = StatusHeaders(self.config)
         self.parts = Parts(
-            app, self.cache, self.config, self.flights, RowFlights(), self.metrics, status_headers, self.rules
+            app,
+            self.cache,
+            self.config,
+            self.flights,
+            RowFlights(),
+            self.metrics,
+            status_headers,
+            self.rules,
+            self._key_canon,
         )
         self.typed_keys = typed_keys
         self._route_types: RouteTypes | None = None
@@ -199,6 +207,10 @@ class CacheMiddleware:
             await only_if_cached(self.parts, request)
         else:
             await run_miss(self.parts, request, decision.stale, decision.fwd, False)
+
+    def _key_canon(self, rule: CacheRule, method: str, scope: Scope) -> RouteCanon | None:
+        """The canonicaliser requests of `rule` are keyed with (None without typed keys)."""
+        return self._canon(rule, method, scope) if self.typed_keys else None
 
     def _canon(self, rule: CacheRule, method: str, scope: Scope) -> RouteCanon | None:
         """The typed canonicaliser of the route a rule covers, learnt once from the app's own routes."""

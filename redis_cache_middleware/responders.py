@@ -7,7 +7,7 @@ never the middleware itself. The miss path, which calls the app and stores, is i
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
@@ -24,6 +24,7 @@ from .metrics import Metrics, Outcome
 from .request import Request, route_path
 from .response import CacheStatus, StatusHeaders
 from .rules import CacheRule, RuleMatcher
+from .typed import RouteCanon
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Parts:
     metrics: Metrics
     status_headers: StatusHeaders
     rules: RuleMatcher
+    canon: Callable[[CacheRule, str, Scope], RouteCanon | None]  # the typed canonicaliser keys are made with
 
 
 async def answer_from_entry(
@@ -88,7 +90,7 @@ class InvalidatingResponder:
         self.headers = {name: values for name, values in headers.items() if name != b"content-type"}
         self.send = send
         self.status = 0
-        self.targets: list[str] = []
+        self.targets: list[Scope] = []
 
     async def __call__(self, receive: Receive) -> None:
         await self.parts.app(self.scope, receive, self.send_and_invalidate)
@@ -98,7 +100,7 @@ class InvalidatingResponder:
             self.status = message["status"]
             fields = message.get("headers", ())
             if invalidation.invalidates(self.scope["method"], self.status):
-                self.targets = [self._request_target(), *self._named_targets(fields)]
+                self.targets = [{**self.scope, "method": "GET"}, *self._named_targets(fields)]
             message = {**message, "headers": policy.client_headers(fields, self.parts.config.hidden_fields)}
         elif message["type"] == "http.response.body" and not message.get("more_body", False) and self.targets:
             keys = [key for key in map(self._get_key, self.targets) if key is not None]
@@ -107,35 +109,41 @@ class InvalidatingResponder:
                 await self.parts.cache.delete(keys)
         await self.send(message)
 
-    def _request_target(self) -> str:
-        scope = self.scope
-        raw_path = scope.get("raw_path")
-        path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else quote(scope["path"])
-        query = scope.get("query_string", b"").decode("latin-1")
-        return path + ("?" + query if query else "")
-
-    def _named_targets(self, fields: Iterable[tuple[bytes, bytes]]) -> list[str]:
-        """Location and Content-Location targets on the request's own origin (without a Host, none)."""
+    def _named_targets(self, fields: Iterable[tuple[bytes, bytes]]) -> list[Scope]:
+        """GETs of the Location and Content-Location URLs on the request's own origin (none without a
+        Host), as the server would hand them to the app: `raw_path` as sent, `path` decoded."""
         host = self.headers.get(b"host")
         if not host:
             return []
-        scheme = str(self.scope.get("scheme", "http"))
-        return invalidation.invalidation_targets(host[0], scheme, fields, self._request_target())
+        scope = self.scope
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else quote(scope["path"])
+        scheme = str(scope.get("scheme", "http"))
+        targets = []
+        for target in invalidation.invalidation_targets(host[0], scheme, fields, path):
+            target_path, _, query = target.partition("?")
+            raw = target_path.encode("latin-1")
+            query_bytes = query.encode("latin-1")
+            if raw == raw_path and query_bytes == scope.get("query_string", b""):
+                continue  # the request's own URL, dropped anyway
+            targets.append(
+                {
+                    **scope,
+                    "method": "GET",
+                    "path": unquote(target_path),
+                    "raw_path": raw,
+                    "query_string": query_bytes,
+                }
+            )
+        return targets
 
-    def _get_key(self, target: str) -> str | None:
-        """The key of a GET of `target` (`/path?query` as sent) by this client, under the rule that covers
-        it; None when no rule caches it."""
-        raw_path, _, query = target.partition("?")
-        get_scope = {
-            **self.scope,
-            "method": "GET",
-            "path": unquote(raw_path),
-            "raw_path": raw_path.encode("latin-1"),
-            "query_string": query.encode("latin-1"),
-        }
+    def _get_key(self, get_scope: Scope) -> str | None:
+        """The key this client's GET `get_scope` is stored under, by the rule that covers it (keyed as the
+        middleware keys it, typed keys included); None when no rule caches it."""
         rule = self.parts.rules.match("GET", route_path(get_scope))
         if rule is None:
             return None
+        canon = self.parts.canon(rule, "GET", get_scope)
         credentials = self.parts.config.credential_headers
-        digest = request_digest(rule.keying, get_scope, self.headers, None, credentials)
+        digest = request_digest(rule.keying, get_scope, self.headers, None, credentials, canon)
         return self.parts.cache.keys.entry(rule.key_name, digest)

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 import redis
+from fastapi import FastAPI, Response
 
 from redis_cache_middleware import CacheMiddleware, CacheRule, RedisBackend
 from redis_cache_middleware.entry import Entry, decode, encode
@@ -216,6 +217,30 @@ async def test_ttl_mode_invalidates_only_the_methods_it_names(backend: RedisBack
         await client.delete("/things/1")
         dropped = await client.get("/things/1")
     assert (kept.headers["x-cache"], dropped.headers["x-cache"]) == ("HIT", "MISS")
+
+
+async def test_invalidation_reaches_typed_keys(backend: RedisBackend) -> None:
+    """A FastAPI route with typed parameters is keyed on their parsed values; invalidation must find it."""
+    api = FastAPI()
+    calls: Counter[int] = Counter()
+
+    @api.get("/items/{item_id}")
+    async def read(item_id: int, q: int = 0) -> dict[str, int]:
+        calls[item_id] += 1
+        return {"item": item_id, "q": q}
+
+    @api.put("/items/{item_id}", status_code=204)
+    async def write(item_id: int, response: Response) -> None:
+        response.headers["location"] = f"/items/{item_id + 1}?q=01"  # the same query, spelt differently
+
+    rules = [CacheRule("/items/{item_id}", ttl=60, invalidate_on=("PUT",))]
+    app = CacheMiddleware(api, backend=backend, rules=rules, namespace="t")
+    async with client_for(app) as client:
+        await _stored(client, "/items/1?q=1", "/items/2?q=1")
+        await client.put("/items/1?q=1")
+        after = [(await client.get(path)).headers["x-cache"] for path in ("/items/1?q=1", "/items/2?q=1")]
+    assert after == ["MISS", "MISS"]
+    assert calls == {1: 2, 2: 2}
 
 
 # 5. RFC 9213: targeted cache control ------------------------------------------------------------------------
