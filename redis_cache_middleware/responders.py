@@ -119,7 +119,7 @@ class InvalidatingResponder:
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else quote(scope["path"])
         scheme = str(scope.get("scheme", "http"))
-        targets = []
+        targets: list[Scope] = []
         for target in invalidation.invalidation_targets(host[0], scheme, fields, path):
             target_path, _, query = target.partition("?")
             raw = target_path.encode("latin-1")
