@@ -86,7 +86,7 @@ def decide(
         if age < entry.ttl:
             early = rule.early_refresh is not None and xfetch(entry, age, rule.early_refresh, draw())
             return Hit(entry, age, early)
-        if not entry.flags & MUST_REVALIDATE and age < entry.ttl + rule.stale_while_revalidate:
+        if not entry.flags & MUST_REVALIDATE and age < entry.ttl + stale_while_revalidate(entry, rule):
             return Stale(entry, age)
         if entry.flags & REVALIDATABLE:
             return Revalidate(entry)
@@ -108,13 +108,30 @@ def client_refuses(directives: Directives, entry: Entry, age: float) -> bool:
     return min_fresh is not None and entry.ttl - age < min_fresh
 
 
+# RFC 5861 section 4: the statuses that count as an error (with the app raising, or failing to answer).
+ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+
 def serves_stale_on_error(rule: CacheRule, stale: Entry | None, now: float) -> bool:
-    """Whether `stale` may answer for a failed app (RFC 5861 section 4, bounded by the rule)."""
+    """Whether `stale` may answer for a failed app (RFC 5861 section 4: the entry's window, which the rule
+    bounds)."""
     return (
         stale is not None
         and not stale.flags & MUST_REVALIDATE
-        and stale.age(now) < stale.ttl + rule.stale_if_error
+        and stale.age(now) < stale.ttl + stale_if_error(stale, rule)
     )
+
+
+def stale_while_revalidate(entry: Entry, rule: CacheRule) -> float:
+    """Seconds past expiry `entry` may be served while it is refreshed (RFC 5861 section 3)."""
+    window = entry.stale_while_revalidate
+    return rule.stale_while_revalidate if window is None else window
+
+
+def stale_if_error(entry: Entry, rule: CacheRule) -> float:
+    """Seconds past expiry `entry` may be served when the app fails (RFC 5861 section 4)."""
+    window = entry.stale_if_error
+    return rule.stale_if_error if window is None else window
 
 
 def xfetch(entry: Entry, age: float, beta: float, draw: float) -> bool:
@@ -128,5 +145,5 @@ def keep_seconds(entry: Entry, rule: CacheRule) -> float:
     or be revalidated."""
     keep = max(entry.ttl, rule.ttl if entry.flags & REVALIDATABLE else 0.0)
     if not entry.flags & MUST_REVALIDATE:
-        keep += max(rule.stale_while_revalidate, rule.stale_if_error)
+        keep += max(stale_while_revalidate(entry, rule), stale_if_error(entry, rule))
     return keep

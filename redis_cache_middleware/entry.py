@@ -31,7 +31,9 @@ class Entry:
 
     `initial_age` is the age the response already had when stored (RFC 9111 section 4.2.3); `etag` its
     strong validator; `delta` the seconds the app took to produce it (for early refresh); `vary` the
-    response's Vary fields that selected this variant beyond the rule's own.
+    response's Vary fields that selected this variant beyond the rule's own. `stale_while_revalidate` and
+    `stale_if_error` are the seconds past expiry it may be served stale (RFC 5861); None in records written
+    before they were stored, meaning the rule's.
     """
 
     key: str
@@ -46,6 +48,8 @@ class Entry:
     flags: int = 0
     last_modified: bytes = b""
     vary: tuple[bytes, ...] = field(default=())
+    stale_while_revalidate: float | None = None
+    stale_if_error: float | None = None
 
     def age(self, now: float) -> float:
         """Seconds since the response was generated (never negative, whatever the clocks say)."""
@@ -79,6 +83,8 @@ def encode(entry: Entry, signing_key: bytes | None = None) -> bytes:
             entry.flags,
             entry.last_modified.decode("latin-1"),
             [name.decode("latin-1") for name in entry.vary],
+            entry.stale_while_revalidate,
+            entry.stale_if_error,
         ]
     )
     return _seal(b"".join((_RESPONSE, len(meta).to_bytes(4, "big"), meta, entry.body)), signing_key)
@@ -108,6 +114,7 @@ def decode(data: bytes, key: str, signing_key: bytes | None = None) -> Entry | V
             if stored_key != key or meta_end != len(data):
                 return None
             return VaryMarker(key, tuple(name.encode("latin-1") for name in names))
+        windows = _windows(meta[12:]) if len(meta) > 12 else (None, None)
         (
             stored_key,
             status,
@@ -121,7 +128,7 @@ def decode(data: bytes, key: str, signing_key: bytes | None = None) -> Entry | V
             flags,
             lm,
             vary,
-        ) = meta
+        ) = meta[:12]
         if stored_key != key or len(data) - meta_end != body_length:
             return None
         headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in raw_headers]
@@ -138,9 +145,25 @@ def decode(data: bytes, key: str, signing_key: bytes | None = None) -> Entry | V
             int(flags),
             lm.encode("latin-1"),
             tuple(name.encode("latin-1") for name in vary),
+            *windows,
         )
     except (ValueError, TypeError, AttributeError, UnicodeEncodeError):
         return None
+
+
+def _windows(extra: list[object]) -> tuple[float | None, float | None]:
+    """The stale windows appended to the metadata of format version 2 (records without them decode with
+    None: the rule's windows apply); anything but two numbers or nulls is corrupt."""
+    swr, sie = extra  # ValueError unless exactly two
+    return _seconds(swr), _seconds(sie)
+
+
+def _seconds(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"not a number of seconds: {value!r}")
+    return float(value)
 
 
 def _seal(data: bytes, signing_key: bytes | None) -> bytes:

@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 import orjson
 from starlette.types import Scope
 
+from .negotiation import normalise_vary_value
 from .typed import RouteCanon
 
 Headers = dict[bytes, list[bytes]]
@@ -306,14 +307,19 @@ def request_digest(
 
 
 def variant_key(primary_key: str, names: tuple[bytes, ...], headers: Headers) -> str:
-    """The key of the variant selected by the request's values of the response's Vary `names`."""
+    """The key of the variant selected by the request's values of the response's Vary `names`, each
+    normalised (RFC 9110 section 12.5: `en, fr` and `fr,en` select alike); an absent field stays distinct
+    from an empty one."""
     base, _, digest = primary_key.rpartition(":")
     out = [digest.encode()]
     for name in names:
-        values = headers.get(name, ())
-        out += [len(name).to_bytes(4, "big"), name, len(values).to_bytes(2, "big")]
-        for value in values:
-            out += [len(value).to_bytes(4, "big"), value]
+        out += [len(name).to_bytes(4, "big"), name]
+        values = headers.get(name)
+        if values is None:
+            out.append(b"\x00")
+        else:
+            value = normalise_vary_value(name, values)
+            out += [b"\x01", len(value).to_bytes(4, "big"), value]
     return base + ":" + blake2b(b"".join(out), digest_size=16).hexdigest()
 
 

@@ -17,7 +17,7 @@ from .breaker import CircuitBreaker
 from .budget import Budget
 from .cache import Cache, Unavailable
 from .coalesce import RowFlights, SingleFlight
-from .config import CacheConfig, credential_names, signing_key_bytes
+from .config import CacheConfig, credential_names, signing_key_bytes, targeted_names
 from .decision import Decision, Hit, OnlyIfCached, Revalidate, Stale, bypass_reason, decide
 from .detach import wait_for_background
 from .keys import KeySpace, described_digest, request_digest
@@ -28,6 +28,7 @@ from .responders import InvalidatingResponder, Parts, answer_from_entry, bypass,
 from .response import StatusHeaders
 from .rowpath import answer_rows
 from .rules import CacheRule, RuleMatcher
+from .targeted import DEFAULT_TARGETED_FIELDS
 from .typed import RouteCanon, RouteTypes, route_types
 from .upkeep import Upkeep
 
@@ -69,6 +70,8 @@ class CacheMiddleware:
         lock: bool = False,
         lock_lease: float = 5.0,
         typed_keys: bool = True,
+        targeted_fields: Sequence[str] = DEFAULT_TARGETED_FIELDS,
+        forward_targeted: bool = False,
     ) -> None:
         if (redis_url is None) == (backend is None):
             raise ValueError("CacheMiddleware needs exactly one of redis_url= or backend=")
@@ -84,6 +87,8 @@ class CacheMiddleware:
             hit_for_miss=hit_for_miss,
             lock=lock,
             lock_lease=lock_lease,
+            targeted_fields=targeted_names(targeted_fields),
+            forward_targeted=forward_targeted,
         )
         keys = KeySpace(prefix, namespace, version)
         store: Backend = (
@@ -104,7 +109,15 @@ class CacheMiddleware:
         self.flights = SingleFlight(hit_for_miss)
         status_headers = StatusHeaders(self.config)
         self.parts = Parts(
-            app, self.cache, self.config, self.flights, RowFlights(), self.metrics, status_headers
+            app,
+            self.cache,
+            self.config,
+            self.flights,
+            RowFlights(),
+            self.metrics,
+            status_headers,
+            self.rules,
+            self._key_canon,
         )
         self.upkeep = Upkeep(self.cache, self.metrics)
         self.typed_keys = typed_keys
@@ -131,7 +144,7 @@ class CacheMiddleware:
         started = time.perf_counter()
         headers = policy.headers_map(scope["headers"])
         if method not in rule.method_set:  # an unsafe method that invalidates (RFC 9111 section 4.4)
-            await InvalidatingResponder(self.parts, rule, scope, headers, send)(scope, receive)
+            await InvalidatingResponder(self.parts, scope, headers, send)(receive)
             return
         directives = (
             policy.parse_cache_control(headers[b"cache-control"]) if b"cache-control" in headers else {}
@@ -201,6 +214,10 @@ class CacheMiddleware:
             await only_if_cached(self.parts, request)
         else:
             await run_miss(self.parts, request, decision.stale, decision.fwd, False)
+
+    def _key_canon(self, rule: CacheRule, method: str, scope: Scope) -> RouteCanon | None:
+        """The canonicaliser requests of `rule` are keyed with (None without typed keys)."""
+        return self._canon(rule, method, scope) if self.typed_keys else None
 
     def _canon(self, rule: CacheRule, method: str, scope: Scope) -> RouteCanon | None:
         """The typed canonicaliser of the route a rule covers, learnt once from the app's own routes."""

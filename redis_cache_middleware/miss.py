@@ -160,7 +160,8 @@ class MissResponder:
         self.revalidate = revalidate
         self.flight = flight
         self.work = anyio.CancelScope()
-        self.began = time.time()
+        self.began = time.time()  # the request time of RFC 9111 section 4.2.3
+        self.received = self.began  # the response time, once the start arrives
         self.held: Message | None = None
         self.sent_start = False
         self.status = 0
@@ -189,15 +190,18 @@ class MissResponder:
 
     async def _start(self, message: Message) -> None:
         self.status, self.headers = message["status"], list(message.get("headers", ()))
+        self.received = time.time()
         request = self.request
         if self.revalidate and self.status == 304:
             self.mode = "freshen"
             return
-        if self.status >= 500 and decision.serves_stale_on_error(request.rule, self.stale, time.time()):
+        if self.status in decision.ERROR_STATUSES and decision.serves_stale_on_error(
+            request.rule, self.stale, time.time()
+        ):
             self.mode = "stale"
             return
         if not request.head and not message.get("trailers", False):
-            self.storage = policy.storage(request.rule, self.status, self.headers, time.time())
+            self.storage = self._storage(self.status, self.headers, self.received)
             self.storing = self.storage.reason is None
         self.held = message
         if not (self.storing and any(name.lower() == b"content-length" for name, _ in self.headers)):
@@ -214,7 +218,7 @@ class MissResponder:
             entry, stored = await self._store(b"".join(self.chunks))
             self.held, self.sent_start = None, True
             status = response.miss(self.fwd, stored)
-            await answer_from_entry(self.parts, self.request, entry, entry.initial_age, status)
+            await answer_from_entry(self.parts, self.request, entry, entry.initial_age, status, stored)
             return
         await self.flush_start()
         if self.flight is not None and self.flight.shareable:
@@ -233,7 +237,7 @@ class MissResponder:
         if self.held is None:
             return
         start, self.held = self.held, None
-        headers = policy.without_tag_headers(self.headers)
+        headers = policy.client_headers(self.headers, self.parts.config.hidden_fields)
         if self.flight is not None:
             self.flight.publish_start({**start, "headers": headers} if self.storing else None)
         self.sent_start = True
@@ -247,20 +251,21 @@ class MissResponder:
         etag = storage.etag or policy.strong_etag(body)
         if not storage.etag:
             headers.append((b"etag", etag))
-        now = time.time()
         entry = Entry(
             _entry_key(request, storage.vary),
             self.status,
             headers,
             body,
-            now,
+            self.received,  # the age is counted from the response's arrival (section 4.2.3)
             storage.ttl,
             etag,
-            now - self.began,
+            time.time() - self.began,
             storage.initial_age,
             storage.flags,
             storage.last_modified,
             storage.vary,
+            storage.stale_while_revalidate,
+            storage.stale_if_error,
         )
         tags = (*request.rule.tags, *policy.response_tags(self.headers))
         try:
@@ -270,6 +275,18 @@ class MissResponder:
         if self.flight is not None and (stored or self.deferred):
             self.parts.flights.finish(request.key, self.flight, entry)
         return entry, stored
+
+    def _storage(self, status: int, headers: list[tuple[bytes, bytes]], now: float) -> policy.Storage:
+        """How the app's response may be stored: received at `now`, to a request forwarded when the app was
+        called (its delay counts in the entry's age, RFC 9111 section 4.2.3)."""
+        return policy.storage(
+            self.request.rule,
+            status,
+            headers,
+            now,
+            self.began,
+            targeted_fields=self.parts.config.targeted_fields,
+        )
 
     async def _answer_from_stale(self) -> None:
         """End of a 304 (freshen and serve the stored entry) or of a 5xx (serve the stale entry)."""
@@ -282,7 +299,7 @@ class MissResponder:
             return
         headers = policy.freshened_headers(stale.headers, self.headers)
         now = time.time()
-        storage = policy.storage(request.rule, stale.status, headers, now)
+        storage = self._storage(stale.status, headers, now)
         entry = Entry(
             stale.key,
             stale.status,
@@ -296,6 +313,8 @@ class MissResponder:
             storage.flags | (stale.flags & REVALIDATABLE),
             stale.last_modified,
             stale.vary,
+            storage.stale_while_revalidate,
+            storage.stale_if_error,
         )
         if storage.reason is None:
             try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hashlib import blake2b
 
 from .entry import MUST_REVALIDATE, REVALIDATABLE
-from .httpdate import format_http_date, parse_http_date
+from .httpdate import parse_http_date
 from .rules import CacheRule
 from .targeted import targeted_directives
 
@@ -303,35 +303,20 @@ def response_tags(headers: RawHeaders) -> tuple[str, ...]:
 
 
 def without_tag_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
-    """The response fields a client gets: the app's tag headers are for the cache only."""
-    return [(name, value) for name, value in headers if name.lower() not in TAG_HEADERS]
+    """The response fields a client gets when the configuration is not at hand: no tag headers."""
+    return client_headers(headers)
 
 
-def client_headers(
-    headers: RawHeaders, targeted_fields: Iterable[str] = (), forward_targeted: bool = False
-) -> list[tuple[bytes, bytes]]:
-    """The response fields a client gets: never the app's tag headers, and the targeted fields only when
-    `forward_targeted` (RFC 9213 section 2.1 lets a cache forward or drop them; this one drops by default)."""
-    hidden = TAG_HEADERS
-    if not forward_targeted:
-        hidden = hidden | {name.lower().encode("latin-1") for name in targeted_fields}
+def client_headers(headers: RawHeaders, hidden: frozenset[bytes] = TAG_HEADERS) -> list[tuple[bytes, bytes]]:
+    """The response fields a client gets: never the `hidden` ones, the app's tag headers and, unless the
+    configuration forwards them, the targeted fields (RFC 9213 section 2.1 lets a cache drop them)."""
     return [(name, value) for name, value in headers if name.lower() not in hidden]
 
 
-def stored_headers(headers: RawHeaders, received: float | None = None) -> list[tuple[bytes, bytes]]:
-    """The response fields worth keeping with a stored entry, in order and unchanged (Date included); with
-    `received`, a response without Date gains one for that time (RFC 9110 section 6.6.1)."""
-    kept = [(name, value) for name, value in headers if name.lower() not in NOT_STORED]
-    missing = date_to_add(kept, received) if received is not None else None
-    return kept if missing is None else [*kept, missing]
-
-
-def date_to_add(headers: RawHeaders, now: float) -> tuple[bytes, bytes] | None:
-    """RFC 9110 section 6.6.1: the Date field to append to a response that has none, else None (an existing
-    Date, even an invalid one, is never replaced or repeated)."""
-    if any(name.lower() == b"date" for name, _ in headers):
-        return None
-    return b"date", format_http_date(now)
+def stored_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
+    """The response fields worth keeping with a stored entry, in order, names lowercased, values unchanged
+    (Date included, never added: RFC 9111 section 3 and the README's note on Date)."""
+    return [(lowered, value) for name, value in headers if (lowered := name.lower()) not in NOT_STORED]
 
 
 def cache_status(cache_name: str, *params: str) -> bytes:

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from starlette.types import Send
 
-from . import policy
+from . import policy, ranges
 from .config import CacheConfig
 from .entry import Entry
 from .keys import Headers
@@ -14,6 +14,8 @@ from .metrics import Outcome
 
 RawHeaders = list[tuple[bytes, bytes]]
 _CONDITIONAL_HEADERS = frozenset({b"if-none-match", b"if-modified-since"})
+# RFC 9110 section 15.5.17: a 416 describes no representation, so none of its content fields.
+_NOT_IN_416 = frozenset({b"content-type", b"content-encoding", b"content-language", b"content-location"})
 
 
 class CacheStatus(NamedTuple):
@@ -79,9 +81,16 @@ class StatusHeaders:
         return rendered
 
 
-def render(entry: Entry, request_headers: Headers, age: float) -> tuple[int, RawHeaders, bytes]:
+def render(
+    entry: Entry,
+    request_headers: Headers,
+    age: float,
+    hidden: frozenset[bytes] = frozenset(),
+    ranged: bool = False,
+) -> tuple[int, RawHeaders, bytes]:
     """Status, fields and body answering a request from `entry`: 304 when the request's conditions hold
-    (RFC 9110 section 13.1), the stored body otherwise, with Content-Length and `Age`."""
+    (RFC 9110 section 13.1), when `ranged` (a GET with Range) a 206 or 416 (section 14), the stored body
+    otherwise; with Content-Length and `Age`, without the `hidden` fields."""
     if (
         200 <= entry.status < 300
         and not _CONDITIONAL_HEADERS.isdisjoint(request_headers)
@@ -89,13 +98,36 @@ def render(entry: Entry, request_headers: Headers, age: float) -> tuple[int, Raw
     ):
         status, headers, body = 304, policy.not_modified_headers(entry.headers), b""
     else:
-        status, headers, body = entry.status, list(entry.headers), entry.body
-        if status in policy.BODYLESS_STATUSES:
+        status, body = entry.status, entry.body
+        headers = [(name, value) for name, value in entry.headers if name not in hidden]
+        if ranged and status == 200:
+            status, headers, body = _ranged(entry, request_headers, headers)
+        elif status in policy.BODYLESS_STATUSES:
             body = b""
         else:
             headers.append((b"content-length", str(len(body)).encode()))
     headers.append((b"age", str(int(age)).encode()))
     return status, headers, body
+
+
+def _ranged(entry: Entry, request_headers: Headers, headers: RawHeaders) -> tuple[int, RawHeaders, bytes]:
+    """A stored 200 answering a GET with Range (RFC 9110 section 14.2): 206 for satisfiable ranges, 416
+    for none; the whole response when If-Range fails (section 13.1.5) or the Range field is ignored."""
+    body = entry.body
+    whole = 200, [*headers, (b"content-length", str(len(body)).encode())], body
+    if_range = request_headers.get(b"if-range")
+    date = next((value for name, value in entry.headers if name == b"date"), b"")
+    if if_range and not ranges.if_range_allows(if_range[0], entry.etag, entry.last_modified, date):
+        return whole
+    wanted = request_headers[b"range"]
+    selected = ranges.parse_range(wanted[0], len(body)) if len(wanted) == 1 else None
+    if selected is None:
+        return whole
+    if isinstance(selected, ranges.Unsatisfiable):
+        status, extra, _ = ranges.unsatisfiable_response(len(body))
+        kept = [(n, v) for n, v in headers if n not in _NOT_IN_416]
+        return status, kept + extra, b""
+    return ranges.partial_response(200, headers, body, selected)
 
 
 async def send_response(send: Send, status: int, headers: RawHeaders, body: bytes) -> None:

@@ -11,12 +11,11 @@ from re import Pattern
 from starlette.routing import compile_path
 
 from .batch import BatchRows, Row
+from .invalidation import is_unsafe
 from .keys import KeySpec
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "QUERY", "OPTIONS"})
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# RFC 9110 section 9.2.1 (and the QUERY method draft): methods that never change the resource.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "QUERY"})
 _PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(:[a-zA-Z_][a-zA-Z0-9_]*)?}")
 
 
@@ -127,7 +126,7 @@ class CacheRule:
         """Whether a `method` request on this rule's URLs invalidates their stored GET responses."""
         if self.invalidate_on or not self.honor_origin:
             return method in self.invalidating_methods
-        return method not in SAFE_METHODS and method not in self.method_set
+        return is_unsafe(method) and method not in self.method_set
 
 
 def _check_rows(rule: CacheRule, methods: frozenset[str]) -> None:

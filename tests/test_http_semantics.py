@@ -19,7 +19,8 @@ from .support import client_for, http_scope
 
 
 def cache_keys(client: redis.Redis) -> list[bytes]:
-    return sorted(key for key in client.scan_iter("rcm:*") if not key.endswith(b":stats"))  # entries only
+    """Entry keys (and Vary markers) only: not the namespace's shared stats hash."""
+    return sorted(key for key in client.scan_iter("rcm:*") if not key.endswith(b":stats"))
 
 
 def headers_query(**fields: str) -> str:
