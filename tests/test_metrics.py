@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -121,3 +122,17 @@ async def test_each_process_adds_its_counters_to_the_shared_hash(
     counters = redis_client.hgetall(cache.keys.stats())
     assert counters[b"/predict\tmiss"] == b"1" and counters[b"/predict\thit"] == b"2"
     assert float(counters[b"/predict\tsaved_seconds"]) > 0
+
+
+async def test_one_startup_warning_when_redis_would_fill_up(
+    backend: RedisBackend, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_client.config_set("maxmemory", 0)  # the test Redis: no limit at all
+    caplog.set_level("WARNING", logger="redis_cache_middleware")
+    app = Starlette(routes=[Route("/predict", lambda request: JSONResponse({"p": 1}))])
+    cache = CacheMiddleware(app, backend=backend, rules=[CacheRule("/predict", ttl=60)], namespace="memory")
+    async with client_for(cache) as client:
+        for _ in range(3):
+            await client.get("/predict")
+    warnings = [r.message for r in caplog.records if getattr(r, "event", None) == "redis_memory"]
+    assert len(warnings) == 1 and "no maxmemory" in warnings[0]
