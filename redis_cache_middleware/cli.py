@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
@@ -27,7 +28,7 @@ from .backends import RedisBackend
 from .cli_parser import DEFAULT_REDIS_URL, build_parser
 from .keys import KeySpace
 from .ops.app import AppConfigError, CacheSettings, cache_settings, import_app
-from .ops.report import describe_entry, entries_text, stats_text
+from .ops.report import describe_entry, describe_rows, entries_text, stats_text
 from .policy import CREDENTIAL_HEADERS
 from .rules import CacheRule
 
@@ -77,10 +78,10 @@ def _app_settings(args: argparse.Namespace) -> CacheSettings | None:
 
 
 def _positional_request(args: argparse.Namespace) -> None:
-    """`inspect [METHOD] URL`: the same as --method/--url; a relative URL is resolved on --base-url."""
+    """`inspect|purge [METHOD] URL`: the same as --method/--url; a relative URL is resolved on --base-url."""
     words = getattr(args, "request", [])
     if len(words) > 2:
-        raise ValueError("inspect takes [METHOD] URL")
+        raise ValueError(f"{args.command} takes [METHOD] URL")
     if words:
         if args.url is not None:
             raise ValueError("give the URL once: as an argument or with --url")
@@ -234,6 +235,8 @@ async def _keys(client: Redis | RedisCluster, args: argparse.Namespace, _: Cache
 
 
 async def _inspect(client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule | None) -> int:
+    if rule is not None and args.url is not None and (rule.batch is not None or rule.row is not None):
+        return await _inspect_rows(client, args, rule)
     targets, where = await _targets(client, args, rule)
     keys = [key for pair in targets for key in pair if key is not None]
     signing_key = _signing_key(args)
@@ -246,6 +249,55 @@ async def _inspect(client: Redis | RedisCluster, args: argparse.Namespace, rule:
     else:
         print("\n\n".join(describe_entry(entry) for entry in found))
     return 0 if found else 1
+
+
+async def _inspect_rows(client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule) -> int:
+    """A request of a row rule: its route's envelope and each row, in every version holding one."""
+    reports = await _row_reports(client, args, rule)
+    if isinstance(reports, str):
+        print(f"not cached: the middleware passes this request to the app (BYPASS {reports})")
+        return 1
+    found = [report for report in reports if _stored_keys(report)]
+    if args.json:
+        _print_json(found)
+    elif not found:
+        print(f"no envelope or row stored for this request{await _empty_note(client, args)}")
+    else:
+        print("\n\n".join(describe_rows(report) for report in found))
+    return 0 if found else 1
+
+
+async def _row_reports(
+    client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule
+) -> list[dict[str, Any]] | str:
+    settings: CacheSettings | None = args.settings
+    try:
+        headers = [_header(text) for text in args.header]
+        body = _body(args.data)
+        scope, header_map, key_body = ops.request_scope(args.method, args.url, body, headers, args.root_path)
+    except (ValueError, OSError) as exc:
+        raise Failure(str(exc)) from exc
+    return await ops.inspect_rows(
+        client,
+        prefix=args.prefix,
+        namespace=args.namespace,
+        rule=rule,
+        scope=scope,
+        headers=header_map,
+        body=key_body,
+        credentials=_credentials(args),
+        canon=settings.canon_for(rule, scope["method"], scope) if settings is not None else None,
+        rules=settings.rules if settings is not None else (),
+        version=args.version,
+        signing_key=_signing_key(args),
+    )
+
+
+def _stored_keys(report: dict[str, Any]) -> list[str]:
+    """The keys of a row report that hold something: the envelope, then each distinct row."""
+    keys = [report["envelope_key"]] if report["envelope"] is not None else []
+    rows = [row["key"] for row in report["rows"] if row["entry"] is not None]
+    return list(dict.fromkeys(keys + rows))
 
 
 async def _empty_note(client: Redis | RedisCluster, args: argparse.Namespace) -> str:
@@ -261,8 +313,16 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
     verb = "would delete" if args.dry_run else "deleted"
     where = f"in namespace {args.namespace}"
     if args.key is not None or args.url is not None:
-        targets, missing = await _targets(client, args, rule)
-        keys = [variant or key for key, variant in targets]
+        if rule is not None and args.key is None and (rule.batch is not None or rule.row is not None):
+            reports = await _row_reports(client, args, rule)
+            if isinstance(reports, str):
+                print(f"not cached: the middleware passes this request to the app (BYPASS {reports})")
+                return 1
+            keys = [key for report in reports for key in _stored_keys(report)]
+            missing = "for this request's envelope or rows in any version"
+        else:
+            targets, missing = await _targets(client, args, rule)
+            keys = [variant or key for key, variant in targets]
         done = [
             key
             for key in keys
@@ -312,8 +372,7 @@ async def _targets(
     if args.key is not None:
         return [(args.key, None)], f"at {args.key}"
     assert rule is not None
-    from_app = args.settings.credential_headers if args.settings is not None else CREDENTIAL_HEADERS
-    credentials = tuple(name.lower().encode("latin-1") for name in args.credential_header) or from_app
+    credentials = _credentials(args)
     try:
         headers = [_header(text) for text in args.header]
         body = _body(args.data)
@@ -333,6 +392,12 @@ async def _targets(
         where = "for this request in any version"
     signing_key = _signing_key(args)
     return [(key, await ops.follow_vary(client, key, header_map, signing_key)) for key in keys], where
+
+
+def _credentials(args: argparse.Namespace) -> tuple[bytes, ...]:
+    """--credential-header names, else the app's credential headers, else the default ones."""
+    from_app = args.settings.credential_headers if args.settings is not None else CREDENTIAL_HEADERS
+    return tuple(name.lower().encode("latin-1") for name in args.credential_header) or from_app
 
 
 def _signing_key(args: argparse.Namespace) -> bytes | None:

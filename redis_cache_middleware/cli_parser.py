@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, rule, request],
         help="delete entries of a rule, a version, a tag, a request, or the whole namespace",
     )
+    purge.add_argument(
+        "request", nargs="*", metavar="[METHOD] URL", help="one request's entries (like --url), e.g. GET /x"
+    )
     purge.add_argument("--tag", help="every entry indexed under this tag")
     purge.add_argument("--all", action="store_true", help="every entry of the namespace, and its tag sets")
     purge.add_argument("--version", help="only this version (alone: every entry of the version)")
