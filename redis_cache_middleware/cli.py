@@ -14,9 +14,8 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -25,7 +24,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import ops
 from .backends import RedisBackend
-from .cli_parser import DEFAULT_REDIS_URL, build_parser
+from .cli_parser import (
+    DEFAULT_REDIS_URL,
+    build_parser,
+    check_selection,
+    parse_header,
+    positional_request,
+    read_data,
+    selected_rule,
+)
 from .keys import KeySpace
 from .ops.app import AppConfigError, CacheSettings, cache_settings, import_app
 from .ops.report import describe_entry, describe_rows, entries_text, stats_text
@@ -43,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = _app_settings(args)
-        _positional_request(args)
-        rule = _rule(args, settings) if args.command in ("inspect", "purge") else None
-        _check_selection(args, rule)
+        positional_request(args)
+        rule = selected_rule(args, settings) if args.command in ("inspect", "purge") else None
+        check_selection(args, rule)
     except ValueError as exc:
         args.parser.error(str(exc))
     except AppConfigError as exc:
@@ -75,21 +82,6 @@ def _app_settings(args: argparse.Namespace) -> CacheSettings | None:
     if args.namespace is None and settings is not None:
         args.namespace = settings.namespace
     return settings
-
-
-def _positional_request(args: argparse.Namespace) -> None:
-    """`inspect|purge [METHOD] URL`: the same as --method/--url; a relative URL is resolved on --base-url."""
-    words = getattr(args, "request", [])
-    if len(words) > 2:
-        raise ValueError(f"{args.command} takes [METHOD] URL")
-    if words:
-        if args.url is not None:
-            raise ValueError("give the URL once: as an argument or with --url")
-        if len(words) == 2:
-            args.method = words[0]
-        args.url = words[-1]
-    if args.command in ("inspect", "purge") and args.url is not None and args.url.startswith("/"):
-        args.url = urljoin(args.base_url, args.url)
 
 
 async def _run(args: argparse.Namespace, rule: CacheRule | None, settings: CacheSettings | None) -> int:
@@ -147,71 +139,6 @@ async def _only_namespace(client: Redis | RedisCluster, prefix: str) -> str:
         for name, versions in found.items()
     )
     raise Failure(f"several namespaces under prefix {prefix!r}; choose one with --namespace:\n{listing}")
-
-
-def _rule(args: argparse.Namespace, settings: CacheSettings | None = None) -> CacheRule | None:
-    """The rule named by --path or --rule (from the app's rules with --app, else built from --method,
-    --vary, --no-key-host and --private), or with --app the rule that routes --url."""
-    if args.rule_path is not None and args.rule_name is not None:
-        raise ValueError("give --path or --rule, not both")
-    if settings is not None:
-        return _app_rule(args, settings)
-    if args.rule_path is None and args.rule_name is None:
-        return None
-    path = args.rule_path if args.rule_path is not None else "/"
-    return CacheRule(
-        path,
-        ttl=1,
-        methods=(args.method.upper(),),
-        vary=args.vary,
-        key_host=not args.no_key_host,
-        name=args.rule_name,
-        private=args.private,
-    )
-
-
-def _app_rule(args: argparse.Namespace, settings: CacheSettings) -> CacheRule | None:
-    named = args.rule_path if args.rule_path is not None else args.rule_name
-    if named is None and args.url is None:
-        return None
-    path = named if named is not None else urlsplit(args.url).path or "/"
-    rule = settings.rule_for(args.method.upper(), path)
-    if rule is None:
-        known = ", ".join(f"{r.path} ({r.key_name})" for r in settings.rules)
-        raise ValueError(f"no rule of the app for {path!r}; its rules: {known}")
-    return rule
-
-
-def _check_selection(args: argparse.Namespace, rule: CacheRule | None) -> None:
-    if args.command == "inspect":
-        if (args.key is None) == (args.url is None):
-            raise ValueError("inspect needs --key KEY or --url URL with --path/--rule")
-        if args.url is not None and rule is None:
-            raise ValueError("--url needs the rule: --path /predict or --rule NAME")
-    elif args.command == "purge":
-        chosen = [
-            name
-            for name, on in (
-                ("--key", args.key is not None),
-                ("--path/--rule", rule is not None),
-                ("--tag", args.tag is not None),
-                ("--all", args.all),
-            )
-            if on
-        ]
-        if len(chosen) > 1:
-            raise ValueError(
-                f"purge takes one of --key, --path/--rule, --tag, --all; got {', '.join(chosen)}"
-            )
-        if not chosen and args.version is None:
-            raise ValueError("purge needs --path/--rule, --tag, --all, --version or --key")
-        if args.url is not None and rule is None:
-            raise ValueError("--url needs the rule: --path /predict or --rule NAME")
-        if args.version is not None and (args.key is not None or args.tag is not None):
-            raise ValueError("--version narrows --path/--rule or --all, not --key or --tag")
-    for name in ("limit", "sample", "batch"):
-        if getattr(args, name, 1) < 1:
-            raise ValueError(f"--{name} must be at least 1")
 
 
 async def _stats(client: Redis | RedisCluster, args: argparse.Namespace, _: CacheRule | None) -> int:
@@ -272,8 +199,8 @@ async def _row_reports(
 ) -> list[dict[str, Any]] | str:
     settings: CacheSettings | None = args.settings
     try:
-        headers = [_header(text) for text in args.header]
-        body = _body(args.data)
+        headers = [parse_header(text) for text in args.header]
+        body = read_data(args.data)
         scope, header_map, key_body = ops.request_scope(args.method, args.url, body, headers, args.root_path)
     except (ValueError, OSError) as exc:
         raise Failure(str(exc)) from exc
@@ -374,8 +301,8 @@ async def _targets(
     assert rule is not None
     credentials = _credentials(args)
     try:
-        headers = [_header(text) for text in args.header]
-        body = _body(args.data)
+        headers = [parse_header(text) for text in args.header]
+        body = read_data(args.data)
         _, header_map, _ = ops.request_scope(args.method, args.url, body, headers, args.root_path)
         digest = ops.request_digest_for(
             rule, args.method, args.url, body, headers, args.root_path, credentials
@@ -406,23 +333,6 @@ def _signing_key(args: argparse.Namespace) -> bytes | None:
         return bytes(args.settings.signing_key)
     value = os.environ.get("RCM_SIGNING_KEY")
     return value.encode() if value else None
-
-
-def _header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip():
-        raise ValueError(f"--header must read 'Name: value', got {text!r}")
-    return name.strip(), value.strip()
-
-
-def _body(data: str | None) -> bytes | None:
-    if data is None:
-        return None
-    if data == "@-":
-        return sys.stdin.buffer.read()
-    if data.startswith("@"):
-        return Path(data[1:]).read_bytes()
-    return data.encode("utf-8")
 
 
 def _print_json(value: object) -> None:
