@@ -14,8 +14,8 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,10 +24,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import ops
 from .backends import RedisBackend
-from .cli_parser import DEFAULT_REDIS_URL, build_parser
+from .cli_parser import (
+    DEFAULT_REDIS_URL,
+    build_parser,
+    check_selection,
+    parse_header,
+    positional_request,
+    read_data,
+    selected_rule,
+)
 from .keys import KeySpace
 from .ops.app import AppConfigError, CacheSettings, cache_settings, import_app
-from .ops.report import describe_entry, entries_text, stats_text
+from .ops.report import describe_entry, describe_rows, entries_text, stats_text
 from .policy import CREDENTIAL_HEADERS
 from .rules import CacheRule
 
@@ -42,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = _app_settings(args)
-        _positional_request(args)
-        rule = _rule(args, settings) if args.command in ("inspect", "purge") else None
-        _check_selection(args, rule)
+        positional_request(args)
+        rule = selected_rule(args, settings) if args.command in ("inspect", "purge") else None
+        check_selection(args, rule)
     except ValueError as exc:
         args.parser.error(str(exc))
     except AppConfigError as exc:
@@ -74,21 +82,6 @@ def _app_settings(args: argparse.Namespace) -> CacheSettings | None:
     if args.namespace is None and settings is not None:
         args.namespace = settings.namespace
     return settings
-
-
-def _positional_request(args: argparse.Namespace) -> None:
-    """`inspect [METHOD] URL`: the same as --method/--url; a relative URL is resolved on --base-url."""
-    words = getattr(args, "request", [])
-    if len(words) > 2:
-        raise ValueError("inspect takes [METHOD] URL")
-    if words:
-        if args.url is not None:
-            raise ValueError("give the URL once: as an argument or with --url")
-        if len(words) == 2:
-            args.method = words[0]
-        args.url = words[-1]
-    if args.command in ("inspect", "purge") and args.url is not None and args.url.startswith("/"):
-        args.url = urljoin(args.base_url, args.url)
 
 
 async def _run(args: argparse.Namespace, rule: CacheRule | None, settings: CacheSettings | None) -> int:
@@ -148,71 +141,6 @@ async def _only_namespace(client: Redis | RedisCluster, prefix: str) -> str:
     raise Failure(f"several namespaces under prefix {prefix!r}; choose one with --namespace:\n{listing}")
 
 
-def _rule(args: argparse.Namespace, settings: CacheSettings | None = None) -> CacheRule | None:
-    """The rule named by --path or --rule (from the app's rules with --app, else built from --method,
-    --vary, --no-key-host and --private), or with --app the rule that routes --url."""
-    if args.rule_path is not None and args.rule_name is not None:
-        raise ValueError("give --path or --rule, not both")
-    if settings is not None:
-        return _app_rule(args, settings)
-    if args.rule_path is None and args.rule_name is None:
-        return None
-    path = args.rule_path if args.rule_path is not None else "/"
-    return CacheRule(
-        path,
-        ttl=1,
-        methods=(args.method.upper(),),
-        vary=args.vary,
-        key_host=not args.no_key_host,
-        name=args.rule_name,
-        private=args.private,
-    )
-
-
-def _app_rule(args: argparse.Namespace, settings: CacheSettings) -> CacheRule | None:
-    named = args.rule_path if args.rule_path is not None else args.rule_name
-    if named is None and args.url is None:
-        return None
-    path = named if named is not None else urlsplit(args.url).path or "/"
-    rule = settings.rule_for(args.method.upper(), path)
-    if rule is None:
-        known = ", ".join(f"{r.path} ({r.key_name})" for r in settings.rules)
-        raise ValueError(f"no rule of the app for {path!r}; its rules: {known}")
-    return rule
-
-
-def _check_selection(args: argparse.Namespace, rule: CacheRule | None) -> None:
-    if args.command == "inspect":
-        if (args.key is None) == (args.url is None):
-            raise ValueError("inspect needs --key KEY or --url URL with --path/--rule")
-        if args.url is not None and rule is None:
-            raise ValueError("--url needs the rule: --path /predict or --rule NAME")
-    elif args.command == "purge":
-        chosen = [
-            name
-            for name, on in (
-                ("--key", args.key is not None),
-                ("--path/--rule", rule is not None),
-                ("--tag", args.tag is not None),
-                ("--all", args.all),
-            )
-            if on
-        ]
-        if len(chosen) > 1:
-            raise ValueError(
-                f"purge takes one of --key, --path/--rule, --tag, --all; got {', '.join(chosen)}"
-            )
-        if not chosen and args.version is None:
-            raise ValueError("purge needs --path/--rule, --tag, --all, --version or --key")
-        if args.url is not None and rule is None:
-            raise ValueError("--url needs the rule: --path /predict or --rule NAME")
-        if args.version is not None and (args.key is not None or args.tag is not None):
-            raise ValueError("--version narrows --path/--rule or --all, not --key or --tag")
-    for name in ("limit", "sample", "batch"):
-        if getattr(args, name, 1) < 1:
-            raise ValueError(f"--{name} must be at least 1")
-
-
 async def _stats(client: Redis | RedisCluster, args: argparse.Namespace, _: CacheRule | None) -> int:
     stats = await ops.namespace_stats(
         client, prefix=args.prefix, namespace=args.namespace, sample=args.sample
@@ -234,6 +162,8 @@ async def _keys(client: Redis | RedisCluster, args: argparse.Namespace, _: Cache
 
 
 async def _inspect(client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule | None) -> int:
+    if rule is not None and args.url is not None and (rule.batch is not None or rule.row is not None):
+        return await _inspect_rows(client, args, rule)
     targets, where = await _targets(client, args, rule)
     keys = [key for pair in targets for key in pair if key is not None]
     signing_key = _signing_key(args)
@@ -246,6 +176,55 @@ async def _inspect(client: Redis | RedisCluster, args: argparse.Namespace, rule:
     else:
         print("\n\n".join(describe_entry(entry) for entry in found))
     return 0 if found else 1
+
+
+async def _inspect_rows(client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule) -> int:
+    """A request of a row rule: its route's envelope and each row, in every version holding one."""
+    reports = await _row_reports(client, args, rule)
+    if isinstance(reports, str):
+        print(f"not cached: the middleware passes this request to the app (BYPASS {reports})")
+        return 1
+    found = [report for report in reports if _stored_keys(report)]
+    if args.json:
+        _print_json(found)
+    elif not found:
+        print(f"no envelope or row stored for this request{await _empty_note(client, args)}")
+    else:
+        print("\n\n".join(describe_rows(report) for report in found))
+    return 0 if found else 1
+
+
+async def _row_reports(
+    client: Redis | RedisCluster, args: argparse.Namespace, rule: CacheRule
+) -> list[dict[str, Any]] | str:
+    settings: CacheSettings | None = args.settings
+    try:
+        headers = [parse_header(text) for text in args.header]
+        body = read_data(args.data)
+        scope, header_map, key_body = ops.request_scope(args.method, args.url, body, headers, args.root_path)
+    except (ValueError, OSError) as exc:
+        raise Failure(str(exc)) from exc
+    return await ops.inspect_rows(
+        client,
+        prefix=args.prefix,
+        namespace=args.namespace,
+        rule=rule,
+        scope=scope,
+        headers=header_map,
+        body=key_body,
+        credentials=_credentials(args),
+        canon=settings.canon_for(rule, scope["method"], scope) if settings is not None else None,
+        rules=settings.rules if settings is not None else (),
+        version=args.version,
+        signing_key=_signing_key(args),
+    )
+
+
+def _stored_keys(report: dict[str, Any]) -> list[str]:
+    """The keys of a row report that hold something: the envelope, then each distinct row."""
+    keys = [report["envelope_key"]] if report["envelope"] is not None else []
+    rows = [row["key"] for row in report["rows"] if row["entry"] is not None]
+    return list(dict.fromkeys(keys + rows))
 
 
 async def _empty_note(client: Redis | RedisCluster, args: argparse.Namespace) -> str:
@@ -261,8 +240,16 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
     verb = "would delete" if args.dry_run else "deleted"
     where = f"in namespace {args.namespace}"
     if args.key is not None or args.url is not None:
-        targets, missing = await _targets(client, args, rule)
-        keys = [variant or key for key, variant in targets]
+        if rule is not None and args.key is None and (rule.batch is not None or rule.row is not None):
+            reports = await _row_reports(client, args, rule)
+            if isinstance(reports, str):
+                print(f"not cached: the middleware passes this request to the app (BYPASS {reports})")
+                return 1
+            keys = [key for report in reports for key in _stored_keys(report)]
+            missing = "for this request's envelope or rows in any version"
+        else:
+            targets, missing = await _targets(client, args, rule)
+            keys = [variant or key for key, variant in targets]
         done = [
             key
             for key in keys
@@ -312,11 +299,10 @@ async def _targets(
     if args.key is not None:
         return [(args.key, None)], f"at {args.key}"
     assert rule is not None
-    from_app = args.settings.credential_headers if args.settings is not None else CREDENTIAL_HEADERS
-    credentials = tuple(name.lower().encode("latin-1") for name in args.credential_header) or from_app
+    credentials = _credentials(args)
     try:
-        headers = [_header(text) for text in args.header]
-        body = _body(args.data)
+        headers = [parse_header(text) for text in args.header]
+        body = read_data(args.data)
         _, header_map, _ = ops.request_scope(args.method, args.url, body, headers, args.root_path)
         digest = ops.request_digest_for(
             rule, args.method, args.url, body, headers, args.root_path, credentials
@@ -335,29 +321,18 @@ async def _targets(
     return [(key, await ops.follow_vary(client, key, header_map, signing_key)) for key in keys], where
 
 
+def _credentials(args: argparse.Namespace) -> tuple[bytes, ...]:
+    """--credential-header names, else the app's credential headers, else the default ones."""
+    from_app = args.settings.credential_headers if args.settings is not None else CREDENTIAL_HEADERS
+    return tuple(name.lower().encode("latin-1") for name in args.credential_header) or from_app
+
+
 def _signing_key(args: argparse.Namespace) -> bytes | None:
     """The app's signing key with --app, else $RCM_SIGNING_KEY."""
     if args.settings is not None and args.settings.signing_key is not None:
         return bytes(args.settings.signing_key)
     value = os.environ.get("RCM_SIGNING_KEY")
     return value.encode() if value else None
-
-
-def _header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip():
-        raise ValueError(f"--header must read 'Name: value', got {text!r}")
-    return name.strip(), value.strip()
-
-
-def _body(data: str | None) -> bytes | None:
-    if data is None:
-        return None
-    if data == "@-":
-        return sys.stdin.buffer.read()
-    if data.startswith("@"):
-        return Path(data[1:]).read_bytes()
-    return data.encode("utf-8")
 
 
 def _print_json(value: object) -> None:

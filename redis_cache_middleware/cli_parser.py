@@ -1,11 +1,17 @@
-"""The argument parser of `python -m redis_cache_middleware`: every subcommand and its options."""
+"""The argument parser of `python -m redis_cache_middleware`: every subcommand and its options, and what
+the options select (the request, its rule) checked before Redis is reached."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 from .ops import DEFAULT_PREFIX, L1_CHANNEL
+from .ops.app import CacheSettings
+from .rules import CacheRule
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -100,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, rule, request],
         help="delete entries of a rule, a version, a tag, a request, or the whole namespace",
     )
+    purge.add_argument(
+        "request", nargs="*", metavar="[METHOD] URL", help="one request's entries (like --url), e.g. GET /x"
+    )
     purge.add_argument("--tag", help="every entry indexed under this tag")
     purge.add_argument("--all", action="store_true", help="every entry of the namespace, and its tag sets")
     purge.add_argument("--version", help="only this version (alone: every entry of the version)")
@@ -114,3 +123,102 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (stats, keys, inspect, purge):
         command.set_defaults(parser=command)
     return parser
+
+
+def positional_request(args: argparse.Namespace) -> None:
+    """`inspect|purge [METHOD] URL`: the same as --method/--url; a relative URL is resolved on --base-url."""
+    words = getattr(args, "request", [])
+    if len(words) > 2:
+        raise ValueError(f"{args.command} takes [METHOD] URL")
+    if words:
+        if args.url is not None:
+            raise ValueError("give the URL once: as an argument or with --url")
+        if len(words) == 2:
+            args.method = words[0]
+        args.url = words[-1]
+    if args.command in ("inspect", "purge") and args.url is not None and args.url.startswith("/"):
+        args.url = urljoin(args.base_url, args.url)
+
+
+def selected_rule(args: argparse.Namespace, settings: CacheSettings | None = None) -> CacheRule | None:
+    """The rule named by --path or --rule (from the app's rules with --app, else built from --method,
+    --vary, --no-key-host and --private), or with --app the rule that routes --url."""
+    if args.rule_path is not None and args.rule_name is not None:
+        raise ValueError("give --path or --rule, not both")
+    if settings is not None:
+        return _app_rule(args, settings)
+    if args.rule_path is None and args.rule_name is None:
+        return None
+    path = args.rule_path if args.rule_path is not None else "/"
+    return CacheRule(
+        path,
+        ttl=1,
+        methods=(args.method.upper(),),
+        vary=args.vary,
+        key_host=not args.no_key_host,
+        name=args.rule_name,
+        private=args.private,
+    )
+
+
+def _app_rule(args: argparse.Namespace, settings: CacheSettings) -> CacheRule | None:
+    named = args.rule_path if args.rule_path is not None else args.rule_name
+    if named is None and args.url is None:
+        return None
+    path = named if named is not None else urlsplit(args.url).path or "/"
+    rule = settings.rule_for(args.method.upper(), path)
+    if rule is None:
+        known = ", ".join(f"{r.path} ({r.key_name})" for r in settings.rules)
+        raise ValueError(f"no rule of the app for {path!r}; its rules: {known}")
+    return rule
+
+
+def check_selection(args: argparse.Namespace, rule: CacheRule | None) -> None:
+    if args.command == "inspect":
+        if (args.key is None) == (args.url is None):
+            raise ValueError("inspect needs --key KEY or --url URL with --path/--rule")
+        if args.url is not None and rule is None:
+            raise ValueError("--url needs the rule: --path /predict or --rule NAME")
+    elif args.command == "purge":
+        chosen = [
+            name
+            for name, on in (
+                ("--key", args.key is not None),
+                ("--path/--rule", rule is not None),
+                ("--tag", args.tag is not None),
+                ("--all", args.all),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"purge takes one of --key, --path/--rule, --tag, --all; got {', '.join(chosen)}"
+            )
+        if not chosen and args.version is None:
+            raise ValueError("purge needs --path/--rule, --tag, --all, --version or --key")
+        if args.url is not None and rule is None:
+            raise ValueError("--url needs the rule: --path /predict or --rule NAME")
+        if args.version is not None and (args.key is not None or args.tag is not None):
+            raise ValueError("--version narrows --path/--rule or --all, not --key or --tag")
+    for name in ("limit", "sample", "batch"):
+        if getattr(args, name, 1) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """(name, value) of a --header 'Name: value'; ValueError otherwise."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"--header must read 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
+def read_data(data: str | None) -> bytes | None:
+    """The body --data gives: the text itself, @FILE's bytes, or standard input's for @-."""
+    if data is None:
+        return None
+    if data == "@-":
+        return sys.stdin.buffer.read()
+    if data.startswith("@"):
+        return Path(data[1:]).read_bytes()
+    return data.encode("utf-8")

@@ -12,28 +12,20 @@ Anything unexpected: the app's own answer to the original request, nothing store
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.types import Message
 
 from . import policy
-from .batch import (
-    BatchRequest,
-    assemble,
-    split_request,
-    split_response,
-    split_row_request,
-    split_row_response,
-)
+from .batch import BatchRequest, assemble, split_response, split_row_response
 from .cache import OverBudget, Unavailable
 from .coalesce import row_values
 from .entry import Entry
-from .keys import canonical_query, row_context, row_digest
 from .metrics import Outcome
 from .request import Request, replay
 from .responders import Parts, bypass
 from .response import CacheStatus
+from .rowkeys import RowKeys, row_keys
 from .typed import RouteCanon
 
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
@@ -85,6 +77,18 @@ class Computed:
     seconds: float
 
 
+def _located(parts: Parts, request: Request, canon: RouteCanon | None) -> RowKeys | str:
+    return row_keys(
+        parts.cache.keys,
+        request.rule,
+        request.scope,
+        request.headers,
+        request.body,
+        parts.config.credential_headers,
+        canon,
+    )
+
+
 async def answer_rows(parts: Parts, request: Request, canon: RouteCanon | None) -> None:
     """Answer a request of a rule with `batch=` or `row=` from stored rows."""
     if request.rule.batch is not None:
@@ -95,20 +99,14 @@ async def answer_rows(parts: Parts, request: Request, canon: RouteCanon | None) 
 
 async def answer_batch(parts: Parts, request: Request, canon: RouteCanon | None) -> None:
     """Answer a request of a rule with `batch=` from its rows, computing only those missing."""
-    rule = request.rule
-    assert rule.batch is not None
-    split = split_request(rule.batch, request.body or b"", canon.canonical_json if canon else None)
-    if isinstance(split, str):
-        await bypass(parts, rule, split, request.scope, request.receive, request.send)
+    rule, cache = request.rule, parts.cache
+    located = _located(parts, request, canon)
+    if isinstance(located, str):
+        await bypass(parts, rule, located, request.scope, request.receive, request.send)
         return
-    cache = parts.cache
-    query = canonical_query(request.scope.get("query_string", b""))
-    other = _other(split.rest, canon.canonical_query(query) if canon else query)
-    context = row_context(rule.keying, request.scope, request.headers, other, parts.config.credential_headers)
-    space = rule.batch.space or rule.key_name
-    keys = [cache.keys.row(space, row_digest(context, row)) for row in split.rows]
+    split, keys, envelope_key = located.batch, list(located.rows), located.envelope
+    assert split is not None
     distinct = list(dict.fromkeys(keys))
-    envelope_key = cache.keys.entry(rule.key_name, row_digest(context, b""))
     try:
         envelope, values = await cache.rows(envelope_key, distinct, request.budget)
     except Unavailable as exc:
@@ -271,16 +269,11 @@ async def answer_row(parts: Parts, request: Request, canon: RouteCanon | None) -
     """Answer a single-row route of a row space: its envelope plus the row's stored value, wherever in the
     space the row was computed; otherwise the app answers, and its row and envelope are stored."""
     rule, cache = request.rule, parts.cache
-    assert rule.row is not None
-    query = canonical_query(request.scope.get("query_string", b""))
-    single = split_row_request(rule.row, query, request.body or None, canon)
-    if isinstance(single, str):
-        await bypass(parts, rule, single, request.scope, request.receive, request.send)
+    located = _located(parts, request, canon)
+    if isinstance(located, str):
+        await bypass(parts, rule, located, request.scope, request.receive, request.send)
         return
-    other = _other(single.rest, single.query)
-    context = row_context(rule.keying, request.scope, request.headers, other, parts.config.credential_headers)
-    key = cache.keys.row(rule.row.space, row_digest(context, single.row))
-    envelope_key = cache.keys.entry(rule.key_name, row_digest(context, b""))
+    key, envelope_key = located.rows[0], located.envelope
     try:
         envelope, values = await cache.rows(envelope_key, [key], request.budget)
     except Unavailable as exc:
@@ -336,14 +329,6 @@ async def _single_from_app(parts: Parts, request: Request, key: str, envelope_ke
 
 
 _ROW_HIT = CacheStatus(b"HIT", ("hit", "detail=rows-1/1"), Outcome.HIT)
-
-
-def _other(rest: bytes, query: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The canonical rest of a request besides its rows: the rest of the body, then the query pairs."""
-    parts = [len(rest).to_bytes(4, "big"), rest]
-    for name, value in query:
-        parts += [len(name).to_bytes(4, "big"), name, len(value).to_bytes(4, "big"), value]
-    return b"".join(parts)
 
 
 def _envelope_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
+import orjson
 import redis
 
-from redis_cache_middleware import CacheMiddleware, RedisBackend
+from demo.app import FEATURES, create_app
+from redis_cache_middleware import CacheMiddleware, CacheRule, RedisBackend, Row
 from redis_cache_middleware.keys import KeySpace
-from redis_cache_middleware.ops import write_counters
+from redis_cache_middleware.ops import inspect_rows, request_scope, write_counters
+from redis_cache_middleware.ops.app import cache_settings
 
 from .apps import CountingApp
 from .ops_app import OPTIONS
@@ -123,3 +128,123 @@ async def test_stats_shows_every_process_counters_from_redis(
     assert text.returncode == 0, text.stderr
     assert "  /predict  5 responses, hit ratio 80.0%, app time saved 1.000 s" in text.stdout
     assert "other keys" not in text.stdout  # the counter hash is not a stray key
+
+
+# --- row rules: the demo's /predict (row=) and /predict/batch (batch=) share the row space `iris` ---------
+
+ROW_A = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+ROW_B = [6.7, 3.0, 5.2, 2.3]
+ROW_C = [6.3, 2.5, 5.0, 1.9]
+# ROW_B as another client spells it: with typed keys (on by default) the same row
+ROW_B_URL = "/predict?sepal_length=6.70&sepal_width=3&petal_length=5.200&petal_width=2.3"
+
+
+def demo_env(server: RedisServer, model_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "REDIS_URL": server.url,
+        "DEMO_MODEL_PATH": str(model_path),
+        "DEMO_TREES": "5",
+        "RCM_BASE_URL": "http://testserver",
+    }
+
+
+DEMO = ("--app", "demo.app:create_app", "--factory")
+
+
+async def test_inspect_finds_a_row_the_batch_computed_for_the_single_route(
+    redis_server: RedisServer, backend: RedisBackend, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    model_path = tmp_path / "iris.joblib"
+    app = create_app(backend=backend, model_path=model_path, n_estimators=5)
+    env = demo_env(redis_server, model_path)
+    async with client_for(app) as http:
+        single = await http.get("/predict", params=ROW_A)
+        batch = await http.post("/predict/batch", json={"instances": [ROW_B, list(ROW_A.values())]})
+        assert (single.headers["x-cache"], batch.headers["x-cache"]) == ("MISS", "PARTIAL")
+        expected = batch.json()["predictions"][0]
+
+        found = await cli("inspect", *DEMO, "GET", ROW_B_URL, env=env)
+        assert found.returncode == 0, found.stderr
+        lines = found.stdout.splitlines()
+        assert lines[1] == "answer      HIT: envelope stored, 1 of 1 row stored and fresh"
+        row_key = next(line.split()[-1] for line in lines if line.startswith("row 1 "))
+        assert redis_client.exists(row_key) and ":@iris:" in row_key
+        assert f'  value     "{expected}"' in lines
+        assert f'answer body {{"prediction":"{expected}"}}' in lines
+        assert (
+            "shared with POST /predict/batch (rule /predict/batch): these rows answer its requests too; "
+            "its envelope is stored" in lines
+        )
+        # what the CLI says, the middleware does: a hit, no row computed
+        computed = app.state.rows_computed
+        again = await http.get(ROW_B_URL)
+        assert again.headers["x-cache"] == "HIT" and again.json() == {"prediction": expected}
+        assert app.state.rows_computed == computed
+
+        as_json = await cli(
+            "inspect", *DEMO, "--json", "POST", "/predict/batch",
+            "--data", orjson.dumps({"instances": [ROW_C, ROW_B]}).decode(), env=env,
+        )  # fmt: skip
+        assert as_json.returncode == 0, as_json.stderr
+        [report] = json.loads(as_json.stdout)
+        assert report["answer"] == "PARTIAL" and report["rule"] == "/predict/batch"
+        assert [row["entry"] is not None for row in report["rows"]] == [False, True]
+        assert report["rows"][1]["key"] == row_key
+        assert report["envelope_preview"] == '{"predictions":[\u2026,\u2026]}'
+
+        bypassed = await cli("inspect", *DEMO, "GET", "/predict?sepal_length=5.1", env=env)
+        assert bypassed.returncode == 1
+        assert "passes this request to the app (BYPASS row-missing-feature)" in bypassed.stdout
+
+        purged = await cli("purge", *DEMO, "GET", ROW_B_URL, env=env)
+        assert purged.returncode == 0, purged.stderr
+        assert purged.stdout.startswith("deleted 2 entries: ") and row_key in purged.stdout
+        assert not redis_client.exists(row_key)
+        after = await http.get(ROW_B_URL)
+        assert after.headers["x-cache"] == "MISS" and app.state.rows_computed == computed + 1
+
+
+async def test_row_keys_follow_typed_keys_and_round_floats_as_the_middleware_does(
+    backend: RedisBackend, tmp_path: Path
+) -> None:
+    model_path = tmp_path / "iris.joblib"
+    rounded = [
+        CacheRule(
+            "/predict", ttl=60, methods=("GET",), row=Row("iris", FEATURES, "/prediction"), round_floats=1
+        )
+    ]
+    for typed_keys, rules, spelling, found in (
+        (True, None, "6.70", True),
+        (False, None, "6.70", False),  # without typed keys 6.70 is another row than 6.7
+        (False, None, "6.7", True),
+        (True, rounded, "6.74", True),  # round_floats=1: 6.74 shares 6.7's key
+    ):
+        await backend.client.flushall()
+        app = create_app(
+            backend=backend, model_path=model_path, n_estimators=5, typed_keys=typed_keys, rules=rules
+        )
+        async with client_for(app) as http:
+            assert (
+                await http.get("/predict", params=dict(zip(FEATURES, ROW_B, strict=True)))
+            ).status_code == 200
+        settings = cache_settings(app)
+        assert (settings.route_types is not None) == typed_keys
+        url = f"http://testserver/predict?sepal_length={spelling}&sepal_width=3.0&petal_length=5.2&petal_width=2.3"
+        scope, headers, body = request_scope("GET", url)
+        rule = settings.rules[0]
+        reports = await inspect_rows(
+            backend.client,
+            namespace=settings.namespace,
+            rule=rule,
+            scope=scope,
+            headers=headers,
+            body=body,
+            canon=settings.canon_for(rule, "GET", scope),
+            rules=settings.rules,
+        )
+        assert not isinstance(reports, str)
+        [report] = reports  # the route's envelope is stored in any case
+        assert report["version"] == app.state.model_version
+        assert report["answer"] == ("HIT" if found else "MISS"), (typed_keys, spelling)
+        assert (report["rows"][0]["entry"] is not None) == found

@@ -6,12 +6,14 @@ from .inspect import (
     follow_vary,
     inspect,
     locate_request,
+    read_records,
     request_digest_for,
     request_key,
     request_scope,
     sample_keys,
 )
 from .purge import L1_CHANNEL, announce, index_tags, purge, purge_request, tag_key
+from .rows import inspect_rows, stored_versions
 from .scan import DEFAULT_PREFIX
 from .stats import (
     find_namespaces,
@@ -32,6 +34,7 @@ __all__ = [
     "human_bytes",
     "index_tags",
     "inspect",
+    "inspect_rows",
     "locate_request",
     "memory_policy",
     "memory_warning",
@@ -39,11 +42,13 @@ __all__ = [
     "purge",
     "purge_request",
     "read_counters",
+    "read_records",
     "redis_info",
     "request_digest_for",
     "request_key",
     "request_scope",
     "sample_keys",
+    "stored_versions",
     "tag_key",
     "write_counters",
 ]

@@ -8,11 +8,15 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from starlette.types import Scope
+
 from ..policy import CREDENTIAL_HEADERS
+from ..request import route_path
 from ..rules import CacheRule
+from ..typed import RouteCanon, RouteTypes, route_types
 
 _DEFAULTS: dict[str, Any] = {"prefix": "rcm", "namespace": "default", "version": "1"}
 
@@ -32,6 +36,17 @@ class CacheSettings:
     rules: tuple[CacheRule, ...]
     signing_key: bytes | None
     credential_headers: tuple[bytes, ...]
+    route_types: RouteTypes | None = None  # the app's typed routes; None when `typed_keys=False`
+
+    def canon_for(self, rule: CacheRule, method: str, scope: Scope) -> RouteCanon | None:
+        """The typed canonicaliser the middleware keys this request on (its `_canon`): the route's types
+        learnt from the app, with the rule's `round_floats`; None without typed keys or types."""
+        if self.route_types is None:
+            return None
+        canon = self.route_types.for_request(method, route_path(scope))
+        if canon is not None and rule.round_floats is not None:
+            canon = canon.with_rounding(rule.round_floats)
+        return canon
 
     def rule_for(self, method: str, path: str) -> CacheRule | None:
         """The rule named by its path or key name, else the one that routes `method path`."""
@@ -85,7 +100,10 @@ def cache_settings(app: Any, index: int | None = None) -> CacheSettings:
         raise AppConfigError(
             f"--cache {position}: the app has {len(caches)} cache(s), 0 to {len(caches) - 1}"
         )
-    return _settings(caches[position].kwargs)
+    settings = _settings(caches[position].kwargs)
+    if caches[position].kwargs.get("typed_keys", True):
+        return replace(settings, route_types=route_types(app))
+    return settings
 
 
 def _describe(kwargs: dict[str, Any]) -> str:

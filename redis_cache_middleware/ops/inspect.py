@@ -110,21 +110,44 @@ async def inspect(
     left, None when the key never expires) and `signature` ("valid"; "not checked" when the record is
     signed and no `signing_key` was given; None when unsigned); a marker adds `vary`, a response the rest.
     """
+    return (await read_records(client, [key], signing_key=signing_key, now=now))[key][0]
+
+
+async def read_records(
+    client: Client, keys: Sequence[str], *, signing_key: bytes | None = None, now: float | None = None
+) -> dict[str, tuple[dict[str, Any] | None, Entry | None]]:
+    """For each of `keys`, in one pipeline: what `inspect` says of it, and the stored response itself
+    (None when absent, a marker, or invalid)."""
     pipe = client.pipeline(transaction=False)
-    pipe.get(key)
-    pipe.pttl(key)
-    data, pttl = await pipe.execute()
-    if data is None or pttl == -2:
-        return None
+    for key in keys:
+        pipe.get(key)
+        pipe.pttl(key)
+    answers = await pipe.execute()
+    at = time.time() if now is None else now
+    found: dict[str, tuple[dict[str, Any] | None, Entry | None]] = {}
+    for index, key in enumerate(keys):
+        data, pttl = answers[2 * index], answers[2 * index + 1]
+        found[key] = (
+            (None, None) if data is None or pttl == -2 else _described(key, data, pttl, signing_key, at)
+        )
+    return found
+
+
+def _described(
+    key: str, data: bytes, pttl: int, signing_key: bytes | None, at: float
+) -> tuple[dict[str, Any], Entry | None]:
     redis_ttl = None if pttl < 0 else pttl / 1000
     entry, signature = _decode(data, key, signing_key)
     common = {"key": key, "size": len(data), "redis_ttl": redis_ttl, "signature": signature}
     if entry is None:
-        return {**common, "kind": "invalid"}
+        return {**common, "kind": "invalid"}, None
     if isinstance(entry, VaryMarker):
-        return {**common, "kind": "vary-marker", "vary": [name.decode("latin-1") for name in entry.names]}
-    at = time.time() if now is None else now
-    return {
+        return {
+            **common,
+            "kind": "vary-marker",
+            "vary": [name.decode("latin-1") for name in entry.names],
+        }, None
+    described = {
         **common,
         "kind": "response",
         "status": entry.status,
@@ -136,6 +159,7 @@ async def inspect(
         "fresh": entry.is_fresh(at),
         "body_preview": entry.body[:PREVIEW_BYTES].decode("utf-8", errors="replace"),
     }
+    return described, entry
 
 
 async def follow_vary(

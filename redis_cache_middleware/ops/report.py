@@ -89,3 +89,58 @@ def describe_entry(entry: dict[str, Any]) -> str:
             f"  {entry['body_preview']}",
         ]
     return "\n".join(lines)
+
+
+def describe_rows(report: dict[str, Any]) -> str:
+    """`inspect_rows(...)` of one version as lines: the answer, the envelope, each row, the routes shared."""
+    rows = report["rows"]
+    stored = sum(row["entry"] is not None and row["entry"].get("fresh", False) for row in rows)
+    envelope = report["envelope"]
+    lines = [
+        f"rule        {report['rule']} (row space {report['space']}, version {report['version']})",
+        f"answer      {report['answer']}: envelope {'stored' if envelope else 'not stored'}, "
+        f"{stored} of {len(rows)} row{'s' if len(rows) != 1 else ''} stored and fresh",
+        f"envelope    {report['envelope_key']}",
+    ]
+    if envelope is None:
+        lines.append("  not stored")
+    elif envelope["kind"] != "response":
+        lines.append(f"  {envelope['kind']} ({envelope['size']} bytes): read as a miss")
+    else:
+        state = "fresh" if envelope["fresh"] else "stale"
+        lines += [
+            f"  status    {envelope['status']}",
+            f"  age       {envelope['age']:.1f} s of {envelope['ttl']:g} s ttl ({state}), "
+            f"redis ttl {_redis_ttl(envelope['redis_ttl'])}",
+            *([f"  signature {envelope['signature']}"] if envelope["signature"] is not None else []),
+            "  headers",
+            *[f"    {name}: {value}" for name, value in envelope["headers"]],
+            f"  body      {report['envelope_preview']}",
+        ]
+    for index, row in enumerate(rows, 1):
+        lines.append(f"row {index:<7} {row['key']}")
+        entry = row["entry"]
+        if entry is None:
+            lines.append("  not stored")
+        elif entry["kind"] != "response":
+            lines.append(f"  {entry['kind']} ({entry['size']} bytes): read as a miss")
+        else:
+            state = "fresh" if entry["fresh"] else "stale"
+            lines += [
+                f"  value     {entry['body_preview']}",
+                f"  age       {entry['age']:.1f} s of {entry['ttl']:g} s ttl ({state}), "
+                f"redis ttl {_redis_ttl(entry['redis_ttl'])}",
+            ]
+    if "answer_preview" in report:
+        lines.append(f"answer body {report['answer_preview']}")
+    for other in report["shared_with"]:
+        envelope_state = "stored" if other["envelope_stored"] else "not stored yet"
+        lines.append(
+            f"shared with {'/'.join(other['methods'])} {other['path']} (rule {other['rule']}): these rows "
+            f"answer its requests too; its envelope is {envelope_state}"
+        )
+    return "\n".join(lines)
+
+
+def _redis_ttl(seconds: float | None) -> str:
+    return "no expiry" if seconds is None else f"{seconds:.1f} s"
