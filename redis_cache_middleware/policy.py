@@ -302,11 +302,6 @@ def response_tags(headers: RawHeaders) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
-def without_tag_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
-    """The response fields a client gets when the configuration is not at hand: no tag headers."""
-    return client_headers(headers)
-
-
 def client_headers(headers: RawHeaders, hidden: frozenset[bytes] = TAG_HEADERS) -> list[tuple[bytes, bytes]]:
     """The response fields a client gets: never the `hidden` ones, the app's tag headers and, unless the
     configuration forwards them, the targeted fields (RFC 9213 section 2.1 lets a cache drop them)."""

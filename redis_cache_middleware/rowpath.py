@@ -239,7 +239,8 @@ async def _send(
     status: CacheStatus,
     saved: float = 0.0,
 ) -> None:
-    headers = [*stored_headers, (b"content-length", str(len(body)).encode())]
+    headers = policy.client_headers(stored_headers, parts.config.hidden_fields)
+    headers.append((b"content-length", str(len(body)).encode()))
     headers += parts.status_headers(status, request.key)
     await request.send({"type": "http.response.start", "status": code, "headers": headers})
     await request.send({"type": "http.response.body", "body": body})
@@ -250,7 +251,7 @@ async def _send(
 async def _pass_through(parts: Parts, request: Request, captured: Captured, reason: str) -> None:
     """Send what the app answered (the client's own request, or an error for a sub-batch)."""
     parts.metrics.bypassed(request.rule.key_name, reason)
-    headers = policy.without_tag_headers(captured.headers) + parts.status_headers(
+    headers = policy.client_headers(captured.headers, parts.config.hidden_fields) + parts.status_headers(
         CacheStatus(b"BYPASS", ("fwd=bypass", f"detail={reason}"), Outcome.BYPASS), request.key
     )
     await request.send({"type": "http.response.start", "status": captured.status, "headers": headers})
@@ -318,7 +319,9 @@ async def _single_from_app(parts: Parts, request: Request, key: str, envelope_ke
         )
         await _store(parts, request, computed, envelope_key)
     status = CacheStatus(b"MISS", ("fwd=uri-miss",), Outcome.MISS)
-    headers = policy.without_tag_headers(captured.headers) + parts.status_headers(status, request.key)
+    headers = policy.client_headers(captured.headers, parts.config.hidden_fields) + parts.status_headers(
+        status, request.key
+    )
     await request.send({"type": "http.response.start", "status": captured.status, "headers": headers})
     await request.send({"type": "http.response.body", "body": b"" if request.head else captured.body})
     parts.metrics.served(rule.key_name, Outcome.MISS, time.perf_counter() - request.started)
