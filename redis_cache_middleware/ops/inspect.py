@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from ..entry import Entry, VaryMarker, decode
+from ..entry import Entry, VaryMarker, decode, decode_row
 from ..keys import Headers, KeySpace, KeySpec, described_digest, request_scope, variant_key
 from ..policy import CREDENTIAL_HEADERS
 from ..rules import CacheRule
@@ -137,6 +138,21 @@ def _described(
     key: str, data: bytes, pttl: int, signing_key: bytes | None, at: float
 ) -> tuple[dict[str, Any], Entry | None]:
     redis_ttl = None if pttl < 0 else pttl / 1000
+    row = _decode_row(data, key, signing_key)
+    if row is not None:  # a row record (rowpath.py): no age of its own, it lives as long as Redis keeps it
+        value, delta, row_signature = row
+        lifetime = redis_ttl if redis_ttl is not None else math.inf
+        return {
+            "key": key,
+            "size": len(data),
+            "redis_ttl": redis_ttl,
+            "signature": row_signature,
+            "kind": "row",
+            "compute_seconds": delta,
+            "fresh": True,
+            "body_bytes": len(value),
+            "body_preview": value[:PREVIEW_BYTES].decode("utf-8", errors="replace"),
+        }, Entry(key, 200, [], value, at, lifetime, delta=delta)
     entry, signature = _decode(data, key, signing_key)
     common = {"key": key, "size": len(data), "redis_ttl": redis_ttl, "signature": signature}
     if entry is None:
@@ -169,6 +185,18 @@ async def follow_vary(
     data = await client.get(key)
     record = _decode(data, key, signing_key)[0] if isinstance(data, bytes) else None
     return variant_key(key, record.names, headers) if isinstance(record, VaryMarker) else None
+
+
+def _decode_row(data: bytes, key: str, signing_key: bytes | None) -> tuple[bytes, float, str | None] | None:
+    """A row record's value, compute seconds and signature state (None: not a row of `key`)."""
+    row = decode_row(data, key, signing_key)
+    if row is not None:
+        return row[0], row[1], None if signing_key is None else "valid"
+    if signing_key is None and len(data) > _MAC_BYTES:
+        row = decode_row(data[:-_MAC_BYTES], key)
+        if row is not None:
+            return row[0], row[1], "not checked"
+    return None
 
 
 def _decode(data: bytes, key: str, signing_key: bytes | None) -> tuple[Entry | VaryMarker | None, str | None]:

@@ -122,6 +122,12 @@ def describe_rows(report: dict[str, Any]) -> str:
         entry = row["entry"]
         if entry is None:
             lines.append("  not stored")
+        elif entry["kind"] == "row":
+            lines += [
+                f"  value     {entry['body_preview']}",
+                f"  stored    app time {entry['compute_seconds'] * 1000:.1f} ms, "
+                f"redis ttl {_redis_ttl(entry['redis_ttl'])}",
+            ]
         elif entry["kind"] != "response":
             lines.append(f"  {entry['kind']} ({entry['size']} bytes): read as a miss")
         else:
