@@ -3,9 +3,9 @@
 Starts its own redis-server (free port, temp folder) and the app below under uvicorn in a subprocess,
 both on 127.0.0.1; drives it with concurrent clients asking for a mix of repeated and unique inputs.
 `--fault kill` (default) SIGKILLs Redis at 40 % of the run and restarts it on the same port at 60 %.
-`--fault blackhole` puts a loopback proxy (tests/netproxy.py) between the app and Redis and makes it
-swallow every byte both ways (connections stay open, nothing is answered) twice: from 2/9 to 7/18 of the
-run and from 5/9 to 13/18 (8-14 s and 20-26 s of a 36 s run), healing it in between.
+`--fault blackhole` puts a loopback proxy (tests/netproxy.py, in a process of its own) between the app
+and Redis and makes it swallow every byte both ways (connections stay open, nothing is answered) twice:
+from 2/9 to 7/18 of the run and from 5/9 to 13/18 (8-14 s and 20-26 s of a 36 s run), healing it between.
 Prints a Markdown table per phase (requests, errors, wrong bodies, latency percentiles, hit ratio) and,
 for each restore, the time to the first HIT against the target `reset_timeout + 1 s`.
 """
@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -131,31 +130,55 @@ class Fault:
     end: Callable[[], Awaitable[None]]
 
 
-class ProxyThread:
-    """A `NetProxy` in front of Redis, run on its own event loop in a thread so that the load generator's
-    loop does not delay Redis traffic."""
+class ProxyProcess:
+    """A `NetProxy` in front of Redis in a process of its own (so that neither the load generator nor the
+    app delays Redis traffic), told "swallow" or "pass" a line at a time on its stdin."""
 
     def __init__(self, redis_port: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="netproxy", daemon=True)
-        self.thread.start()
-        self.proxy = asyncio.run_coroutine_threadsafe(NetProxy(redis_port).start(), self.loop).result(10)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"from benchmarks.soak import serve_proxy; serve_proxy({redis_port})"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.control = self.process.stdin
+        self.port = int(self.process.stdout.readline())
 
     async def black_hole(self) -> None:
         """Swallow every byte both ways; open connections stay open."""
-        self.loop.call_soon_threadsafe(self._set, "swallow")
+        self._tell("swallow")
 
     async def heal(self) -> None:
-        self.loop.call_soon_threadsafe(self._set, "pass")
+        self._tell("pass")
 
-    def _set(self, mode: str) -> None:
-        self.proxy.up = self.proxy.down = "swallow" if mode == "swallow" else "pass"
+    def _tell(self, mode: str) -> None:
+        self.control.write(mode + "\n")
+        self.control.flush()
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.proxy.aclose(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.control.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def serve_proxy(redis_port: int) -> None:
+    """Run a `NetProxy` to `redis_port`: print its port, then set both directions to each mode read from
+    stdin ("swallow" or "pass") until stdin closes."""
+
+    async def serve() -> None:
+        proxy = await NetProxy(redis_port).start()
+        print(proxy.port, flush=True)
+        loop = asyncio.get_running_loop()
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            proxy.up = proxy.down = "swallow" if line.strip() == "swallow" else "pass"
+        await proxy.aclose()
+
+    asyncio.run(serve())
 
 
 def kill_fault(redis: RedisServer, seconds: float) -> Fault:
@@ -174,7 +197,7 @@ def kill_fault(redis: RedisServer, seconds: float) -> Fault:
     )
 
 
-def blackhole_fault(proxy: ProxyThread, seconds: float) -> Fault:
+def blackhole_fault(proxy: ProxyProcess, seconds: float) -> Fault:
     windows = [(seconds * 2 / 9, seconds * 7 / 18), (seconds * 5 / 9, seconds * 13 / 18)]
     spans = " and ".join(f"{a:.0f}-{b:.0f} s" for a, b in windows)
     return Fault(
@@ -307,12 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     seconds = min(args.seconds, MAX_SECONDS)
     with tempfile.TemporaryDirectory(prefix="rcm-soak-") as folder:
         redis = RedisServer(Path(folder)).start()
-        proxy = ProxyThread(redis.port) if args.fault == "blackhole" else None
+        proxy = ProxyProcess(redis.port) if args.fault == "blackhole" else None
         fault = blackhole_fault(proxy, seconds) if proxy is not None else kill_fault(redis, seconds)
         port = free_port()
         env = {
             **os.environ,
-            "SOAK_REDIS_URL": f"redis://127.0.0.1:{proxy.proxy.port if proxy else redis.port}/0",
+            "SOAK_REDIS_URL": f"redis://127.0.0.1:{proxy.port if proxy else redis.port}/0",
             "SOAK_MODEL_MS": str(args.model_ms),
             "SOAK_TIMEOUT": str(args.timeout),
             "SOAK_RESET_TIMEOUT": str(args.reset_timeout),
