@@ -24,6 +24,10 @@ class PipelineError(Exception):
     """The pipelined connection failed, was lost, or Redis answered with an error."""
 
 
+class ConnectionReplaced(PipelineError):
+    """The connection was closed under a caller because another caller's reply was overdue."""
+
+
 class StillConnecting(TimeoutError):
     """The caller stopped waiting while the shared connection attempt was still under way."""
 
@@ -76,8 +80,9 @@ class _Protocol(asyncio.Protocol):
         return waiters
 
     def drop(self, reason: str) -> None:
-        """Close the connection now and fail every caller still waiting on it."""
-        self._fail(PipelineError(reason))
+        """Close the connection now and fail every caller still waiting on it (with `ConnectionReplaced`:
+        their own replies were not late, the connection was)."""
+        self._fail(ConnectionReplaced(reason))
         if self.transport is not None:
             self.transport.abort()
 

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .base import BackendError, PartialBackendError
 from .clients import SINGLE_NODE_SCHEMES, Closer, client_for_url
 from .failures import MISCONFIGURED, failure_cause
-from .pipeline import Pipeline, StillConnecting
+from .pipeline import ConnectionReplaced, Pipeline, StillConnecting
 from .scripts import RELEASE
 
 logger = logging.getLogger(__name__)
@@ -286,6 +286,8 @@ class RedisBackend:
             if self._down_cause is not None:
                 self._recovered()
             return result
+        except ConnectionReplaced as exc:  # one overdue reply closed it: that caller counts, not each of us
+            raise PartialBackendError(f"{name} failed: {exc}") from exc
         except StillConnecting as exc:  # the attempt goes on (bounded by connect_timeout) without us
             self._failed(exc)
             raise BackendError(f"{name} failed: {exc}") from exc
