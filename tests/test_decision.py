@@ -106,6 +106,14 @@ def test_xfetch_early_refresh_follows_the_draw() -> None:
     assert decide(entry, at(9), rule, {}, False, lambda: threshold - 0.01) == Hit(entry, 9.0, False)
 
 
+def test_a_larger_xfetch_beta_refreshes_earlier() -> None:
+    entry = make_entry(ttl=10, delta=1.0)
+    # At age 9 with beta 2 the refresh happens when -2 * ln(1 - draw) >= 1, i.e. draw >= 1 - e^-0.5.
+    assert 1 - math.exp(-0.5) < 0.5 < 1 - math.exp(-1)
+    assert xfetch(entry, 9.0, 2.0, 0.5)
+    assert not xfetch(entry, 9.0, 1.0, 0.5)
+
+
 def test_xfetch_never_refreshes_an_entry_that_cost_nothing() -> None:
     rule = CacheRule("/r", ttl=60, early_refresh=5.0)
     entry = make_entry(ttl=10, delta=0.0)
@@ -209,6 +217,7 @@ def test_client_directives_are_ignored_unless_allowed(directives: Directives, ag
         ({"max-age": "5"}, 5.0),  # exactly max-age old is still acceptable
         ({"max-age": "5"}, 4.0),
         ({"min-fresh": "5"}, 4.0),  # 6 s left
+        ({"min-fresh": "5"}, 5.0),  # exactly 5 s left is enough
         ({"max-age": "abc"}, 9.0),  # malformed delta-seconds are ignored
         ({"max-age": "-1"}, 9.0),
         ({"min-fresh": None}, 9.0),

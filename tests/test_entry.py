@@ -133,13 +133,6 @@ def test_unsigned_records_are_none_when_a_signing_key_is_set() -> None:
     assert decode_row(encode_row(KEY, b"1", 0.0), KEY, SIGNING_KEY) is None
 
 
-def test_signed_records_are_none_when_read_without_the_key() -> None:
-    """A reader configured without signing must not take the MAC for part of the record."""
-    assert decode(encode(full_entry(), SIGNING_KEY), KEY) is None
-    assert decode(encode_marker(VaryMarker(KEY, ()), SIGNING_KEY), KEY) is None
-    assert decode_row(encode_row(KEY, b"[1, 2]", 0.0, SIGNING_KEY), KEY) is None
-
-
 @pytest.mark.parametrize("data", [b"", b"R", b"RCM", b"RCM\x02", b"RCM\x02\x00\x00", b"\x00" * 40])
 @pytest.mark.parametrize("signing_key", SIGNINGS)
 def test_short_or_empty_data_is_none(data: bytes, signing_key: bytes | None) -> None:
@@ -204,6 +197,12 @@ RECORDS: dict[str, Callable[[bytes | None], bytes]] = {
 
 def read(kind: str, data: bytes, signing_key: bytes | None) -> object:
     return decode_row(data, KEY, signing_key) if kind == "row" else decode(data, KEY, signing_key)
+
+
+@pytest.mark.parametrize("kind", sorted(RECORDS))
+def test_signed_records_are_none_when_read_without_the_key(kind: str) -> None:
+    """A reader configured without signing must not take the MAC for part of the record."""
+    assert read(kind, RECORDS[kind](SIGNING_KEY), None) is None
 
 
 @pytest.mark.parametrize("kind", sorted(RECORDS))
