@@ -79,18 +79,19 @@ def decide(
     draw: Callable[[], float] = random.random,
 ) -> Decision:
     """The answer to a request whose lookup found `entry` (None: nothing stored) at Unix time `now`."""
+    only_if_cached = "only-if-cached" in directives  # section 5.2.1.7: a stored answer or 504, never the app
     if entry is not None:
         age = entry.age(now)
         if allow_client_refresh and client_refuses(directives, entry, age):
-            return Miss(entry, "fwd=request")
+            return OnlyIfCached() if only_if_cached else Miss(entry, "fwd=request")
         if age < entry.ttl:
             early = rule.early_refresh is not None and xfetch(entry, age, rule.early_refresh, draw())
             return Hit(entry, age, early)
         if not entry.flags & MUST_REVALIDATE and age < entry.ttl + stale_while_revalidate(entry, rule):
             return Stale(entry, age)
-        if entry.flags & REVALIDATABLE:
+        if entry.flags & REVALIDATABLE and not only_if_cached:
             return Revalidate(entry)
-    if "only-if-cached" in directives:
+    if only_if_cached:
         return OnlyIfCached()
     return Miss(entry, "fwd=uri-miss" if entry is None else "fwd=stale")
 

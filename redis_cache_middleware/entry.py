@@ -175,16 +175,17 @@ def _mac(data: bytes, signing_key: bytes) -> bytes:
 
 
 # A row of a row space (rowpath.py): `RCR`, the format version, the 8-byte compute time (float64), the
-# key's length (2 bytes) and the key, then the value's JSON bytes; sealed like every record. Far cheaper to
+# key's length (2 bytes), the value's length (4 bytes), the key, then the value's JSON bytes; sealed like
+# every record. Far cheaper to
 # read than a response record: a batch reads dozens of them per request. Rows expire in Redis, never stale.
 _ROW = b"RCR" + bytes([FORMAT_VERSION])
-_ROW_HEAD = len(_ROW) + 8 + 2
+_ROW_HEAD = len(_ROW) + 8 + 2 + 4
 
 
 def encode_row(key: str, value: bytes, delta: float, signing_key: bytes | None = None) -> bytes:
     """Serialise one row's value (and the app time it took); `decode_row` gives them back."""
     raw_key = key.encode()
-    head = _ROW + struct.pack(">dH", delta, len(raw_key))
+    head = _ROW + struct.pack(">dHI", delta, len(raw_key), len(value))
     return _seal(b"".join((head, raw_key, value)), signing_key)
 
 
@@ -197,8 +198,8 @@ def decode_row(data: bytes, key: str, signing_key: bytes | None = None) -> tuple
         data = body
     if len(data) < _ROW_HEAD or not data.startswith(_ROW):
         return None
-    delta, length = struct.unpack_from(">dH", data, len(_ROW))
+    delta, length, value_length = struct.unpack_from(">dHI", data, len(_ROW))
     end = _ROW_HEAD + length
-    if data[_ROW_HEAD:end] != key.encode():
+    if data[_ROW_HEAD:end] != key.encode() or len(data) - end != value_length:
         return None
     return data[end:], delta

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from redis_cache_middleware.batch import BatchRows, Row
-from redis_cache_middleware.rules import SAFE_METHODS, CacheRule, RuleMatcher
+from redis_cache_middleware.invalidation import SAFE_METHODS
+from redis_cache_middleware.rules import CacheRule, RuleMatcher
 
 ROW = Row("iris", ("sepal_length", "sepal_width"))
 BATCH = BatchRows("/instances", "/predictions")
