@@ -37,13 +37,7 @@ async def run_detached(work: Callable[[], Awaitable[None]], needed: Callable[[],
     if not on_asyncio():
         await work()
         return
-
-    async def wrapped() -> None:
-        await work()
-
-    task = asyncio.ensure_future(wrapped())
-    _running.add(task)
-    task.add_done_callback(_finished)
+    task = _start(work)
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -59,6 +53,11 @@ async def after_response(work: Callable[[], Awaitable[None]]) -> None:
     if not on_asyncio():
         await work()
         return
+    _start(work)
+
+
+def _start(work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """`work()` as a task of its own, kept referenced until it ends (its failure logged, never lost)."""
 
     async def wrapped() -> None:
         await work()
@@ -66,6 +65,7 @@ async def after_response(work: Callable[[], Awaitable[None]]) -> None:
     task = asyncio.ensure_future(wrapped())
     _running.add(task)
     task.add_done_callback(_finished)
+    return task
 
 
 async def wait_for_background() -> None:
