@@ -177,7 +177,7 @@ def chart(results: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(7, 3.2), dpi=120)
+    figure, axes = pyplot.subplots(figsize=(9, 3.2), dpi=120)
     names = [r.mode for r in results]
     bars = axes.barh(names, [r.rows_computed for r in results], color=["#999999", "#c98b4f", "#3b7dd8"])
     axes.axvline(results[0].distinct_rows, color="black", linestyle="--", linewidth=1)
@@ -189,7 +189,7 @@ def chart(results: list[Result], path: Path) -> None:
     axes.set_xlabel(
         f"model rows computed for {results[0].requests:,} requests ({results[0].rows_requested:,} rows)"
     )
-    axes.set_xlim(0, max(r.rows_computed for r in results) * 1.45)
+    axes.set_xlim(0, max(r.rows_computed for r in results) * 1.75)
     figure.tight_layout()
     figure.savefig(path)
 

@@ -48,7 +48,7 @@ class Flight:
         self.done = False
         self.followers = 0
         self.orphaned = False  # the leader's own client is gone (its task was cancelled)
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # made by the first waiter: most flights have none
 
     def publish_start(self, start: Message | None) -> None:
         """The leader's response start (None: the response cannot be shared with waiters)."""
@@ -75,11 +75,14 @@ class Flight:
 
     async def changed(self) -> None:
         """Wait until the flight publishes something new."""
+        if self._changed is None:
+            self._changed = anyio.Event()
         await self._changed.wait()
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
 
 class SingleFlight:
@@ -185,26 +188,37 @@ class RowFlights:
         for key in keys:
             flight = self._flights.pop(key, None)
             if flight is not None:
-                flight.value = values.get(key)
-                flight.done.set()
+                flight.finish(values.get(key))
 
     def __len__(self) -> int:
         return len(self._flights)
 
 
 class RowFlight:
-    """One row being computed; `value` is its stored value bytes once `done` (None: none came)."""
+    """One row being computed; `value` is its value bytes once `done` (None: none came)."""
 
-    __slots__ = ("done", "value")
+    __slots__ = ("_event", "done", "value")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self.done = False
         self.value: bytes | None = None
+        self._event: anyio.Event | None = None  # made by the first waiter
+
+    def finish(self, value: bytes | None) -> None:
+        self.done, self.value = True, value
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if not self.done:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
 
 
 async def row_values(flights: dict[str, RowFlight], seconds: float) -> dict[str, bytes | None]:
     """The values other requests computed for these rows, waiting at most `seconds` in all."""
     with anyio.move_on_after(seconds):
         for flight in flights.values():
-            await flight.done.wait()
+            await flight.wait()
     return {key: flight.value for key, flight in flights.items()}
