@@ -28,28 +28,21 @@ import redis
 from demo.app import create_app
 from redis_cache_middleware import RedisBackend
 from tests.redis_server import RedisServer
+from tests.support import http_scope
 
 Call = Callable[[], Awaitable[None]]
 
 
 def scope(method: str, path: str, query: bytes = b"", body: bytes = b"") -> dict[str, Any]:
-    headers = [(b"host", b"bench")]
+    """The tests' hand-made scope, with the JSON body's fields when there is a body."""
+    built = http_scope(path, query, method)
     if body:
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": query,
-        "headers": headers,
-        "server": ("bench", 80),
-        "client": ("127.0.0.1", 1),
-    }
+        built["headers"] = [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+    return built
 
 
 def caller(app: Any, method: str, path: str, query: bytes = b"", body: bytes = b"") -> Call:

@@ -39,9 +39,8 @@ def request_key(
 ) -> str:
     """The key the middleware uses for this request under `rule` (the URL as the app receives it).
     Under a Vary marker the response itself is at the variant key: see `follow_vary`."""
-    spec = _spec(rule)
-    digest = described_digest(spec, method, url, body, headers, root_path, tuple(credential_headers))
-    return KeySpace(prefix, namespace, version).entry(spec.name, digest)
+    digest = request_digest_for(rule, method, url, body, headers, root_path, credential_headers)
+    return KeySpace(prefix, namespace, version).entry(_spec(rule).name, digest)
 
 
 def request_digest_for(
