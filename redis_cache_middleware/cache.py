@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
@@ -65,22 +65,26 @@ class Cache:
         self._loop_ok = False
         self._loop_warned = False
 
-    async def _call(self, operation: Callable[[], Awaitable[_T]], budget: Budget | None = None) -> _T:
-        """Run one backend operation unless the breaker is open or the request's budget is spent, bounded
-        by what is left of the budget; record how it went."""
+    async def _call(self, operation: Coroutine[object, object, _T], budget: Budget | None = None) -> _T:
+        """Await one backend operation (a coroutine not yet started; closed unrun when refused) unless the
+        breaker is open or the request's budget is spent, bounded by what is left of the budget; record
+        how it went. A coroutine rather than a function making one: no closure per call."""
         if not self._loop_ok and not self._check_loop():
+            operation.close()
             raise Unavailable("event-loop")
         if not self.breaker.allow():
+            operation.close()
             raise Unavailable("circuit-open")
         began = time.perf_counter()
         try:
             if budget is None or budget.spent == 0.0:  # the first call: the backend's own timeout bounds it
-                result = await operation()
+                result = await operation
             else:
                 if budget.left <= 0:
+                    operation.close()
                     raise OverBudget()
                 with anyio.move_on_after(budget.left) as scope:
-                    result = await operation()
+                    result = await operation
                 if scope.cancelled_caught:  # the request's time, not Redis's health: counted only in a probe
                     self.breaker.partial_failure(TimeoutError("request budget spent"))
                     raise OverBudget()
@@ -118,11 +122,11 @@ class Cache:
         """The entry stored for a request, following a Vary marker to the selected variant (raises
         `Unavailable`)."""
         backend = self.backend
-        data = await self._call(lambda: backend.get(key), budget)
+        data = await self._call(backend.get(key), budget)
         record = decode(data, key, self.signing_key) if data is not None else None
         if isinstance(record, VaryMarker):
             variant = variant_key(key, record.names, headers)
-            data = await self._call(lambda: backend.get(variant), budget)
+            data = await self._call(backend.get(variant), budget)
             record = decode(data, variant, self.signing_key) if data is not None else None
         return record if isinstance(record, Entry) else None
 
@@ -132,7 +136,7 @@ class Cache:
         """A route's envelope (when stored and fresh) and the stored rows among `keys`, as (value, compute
         seconds), in one round trip (raises `Unavailable`)."""
         backend, signing_key = self.backend, self.signing_key
-        found = await self._call(lambda: backend.get_many([envelope_key, *keys]), budget)
+        found = await self._call(backend.get_many([envelope_key, *keys]), budget)
         envelope = self._fresh(found[0], envelope_key, time.time())
         rows = {}
         for key, data in zip(keys, found[1:], strict=True):
@@ -159,7 +163,7 @@ class Cache:
         items = [(key, encode_row(key, value, delta, signing_key), ttl) for key, value, delta in rows]
         items.append((envelope.key, encode(envelope, signing_key), ttl))
         try:
-            await self._call(lambda: self.backend.set_many(items), budget)
+            await self._call(self.backend.set_many(items), budget)
         except OverBudget:
             raise
         except Unavailable:
@@ -204,7 +208,7 @@ class Cache:
                 marker = encode_marker(VaryMarker(primary_key, entry.vary), self.signing_key)
                 items.append((primary_key, marker, keep))
             try:
-                await self._call(lambda: self.backend.set_many(items), budget)
+                await self._call(self.backend.set_many(items), budget)
             except OverBudget:
                 raise
             except Unavailable:
@@ -213,16 +217,16 @@ class Cache:
         if stored and tags:
             sets = [self.keys.tag(tag) for tag in tags]
             try:
-                await self._call(lambda: self.backend.add_to_sets(sets, entry.key, keep), budget)
+                await self._call(self.backend.add_to_sets(sets, entry.key, keep), budget)
                 if entry.vary:
-                    await self._call(lambda: self.backend.add_to_sets(sets, primary_key, keep), budget)
+                    await self._call(self.backend.add_to_sets(sets, primary_key, keep), budget)
             except Unavailable as exc:
                 logger.debug("could not index tags %s of %s: %s", tags, entry.key, exc.reason)
         return stored
 
     async def delete(self, keys: Sequence[str], budget: Budget | None = None) -> int:
         """Remove `keys` (raises `Unavailable`)."""
-        return await self._call(lambda: self.backend.delete(keys), budget)
+        return await self._call(self.backend.delete(keys), budget)
 
     @asynccontextmanager
     async def lease(
@@ -236,7 +240,7 @@ class Cache:
             return
         lease, token = KeySpace.lease(key), secrets.token_hex(8)
         try:
-            held: bool | None = await self._call(lambda: backend.acquire(lease, token, seconds), budget)
+            held: bool | None = await self._call(backend.acquire(lease, token, seconds), budget)
         except Unavailable:
             held = None
         try:
@@ -245,7 +249,7 @@ class Cache:
             if held:
                 with anyio.CancelScope(shield=True):
                     with suppress(Unavailable):
-                        await self._call(lambda: backend.release(lease, token))
+                        await self._call(backend.release(lease, token))
 
     async def memory_policy(self) -> tuple[int, str] | None:
         """Redis's (maxmemory, maxmemory-policy), when the backend can tell (None otherwise)."""
@@ -263,7 +267,7 @@ class Cache:
             return True  # nowhere to share them: nothing lost
         key = self.keys.stats()
         try:
-            await self._call(lambda: backend.add_counters(key, deltas))
+            await self._call(backend.add_counters(key, deltas))
         except Unavailable:
             return False
         return True

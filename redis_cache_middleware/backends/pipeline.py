@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -33,13 +33,20 @@ class StillConnecting(TimeoutError):
 
 
 class _Protocol(asyncio.Protocol):
-    """Matches each reply with the oldest caller still in line."""
+    """Matches each reply with the oldest caller still in line, and watches that the oldest reply comes
+    in time: one timer per connection, not one per call (a timer per call is five objects the garbage
+    collector must track while the call waits)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.due: deque[float] = deque()  # the loop time by which each waiter's reply must have come
+        self.limits: deque[float] = deque()  # and the seconds it was given, for the error
         self.lost: Exception | None = None
+        self._loop = asyncio.get_running_loop()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._suspect: asyncio.Future[Any] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -49,6 +56,8 @@ class _Protocol(asyncio.Protocol):
         try:
             while (reply := self.reader.gets()) is not False:
                 waiter = self.waiting.popleft()
+                self.due.popleft()
+                self.limits.popleft()
                 if waiter.done():
                     continue
                 if isinstance(reply, hiredis.ReplyError):
@@ -65,19 +74,64 @@ class _Protocol(asyncio.Protocol):
 
     def _fail(self, error: PipelineError) -> None:
         self.lost = error
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self.due.clear()
+        self.limits.clear()
         while self.waiting:
             waiter = self.waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
 
-    def send(self, *commands: bytes) -> list[asyncio.Future[Any]]:
-        """Write `commands` in one write; one waiter per command, in order."""
+    def send(self, within: float, *commands: bytes) -> list[asyncio.Future[Any]]:
+        """Write `commands` in one write; one waiter per command, in order, each failing with
+        `TimeoutError` if its reply has not come `within` s from now (see `_watch`)."""
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiters: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
         self.waiting.extend(waiters)
+        self.due.extend([loop.time() + within] * len(waiters))
+        self.limits.extend([within] * len(waiters))
         self.transport.write(b"".join(commands))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self.due[0], self._watch)
         return waiters
+
+    def send_one(self, command: bytes, within: float) -> asyncio.Future[Any]:
+        """`send` for one command, without the list: the hit path's `GET`."""
+        assert self.transport is not None
+        loop = self._loop
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self.waiting.append(waiter)
+        self.due.append(loop.time() + within)
+        self.limits.append(within)
+        self.transport.write(command)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self.due[0], self._watch)
+        return waiter
+
+    def _watch(self) -> None:
+        """The oldest reply is due. If it is still missing after one more pass of the loop (a reply that
+        came while the loop was stalled, by a long garbage collection or a blocking call, is read first:
+        a pause of this process is not Redis being slow), the connection is out of step: drop it."""
+        self._watchdog = None
+        if not self.waiting:
+            return
+        head = self.waiting[0]
+        if self.due[0] > self._loop.time():
+            self._watchdog = self._loop.call_at(self.due[0], self._watch)
+        elif self._suspect is not head:
+            self._suspect = head
+            self._watchdog = self._loop.call_later(0, self._watch)
+        else:
+            self._suspect = None
+            self.waiting.popleft()
+            self.due.popleft()
+            within = self.limits.popleft()
+            if not head.done():
+                head.set_exception(TimeoutError(f"no reply within {within} s"))
+            self.drop("reply overdue: connection closed, replies out of step")
 
     def drop(self, reason: str) -> None:
         """Close the connection now and fail every caller still waiting on it (with `ConnectionReplaced`:
@@ -88,17 +142,10 @@ class _Protocol(asyncio.Protocol):
 
 
 class _Deadline:
-    """Fails a waiter with `TimeoutError` after `seconds`, unless its reply was read first. Unlike
-    cancelling the caller (`asyncio.timeout`), this lets a reply that arrived while the loop was stalled
-    (a long garbage collection, a blocking call) win over a timer that fell due in the same stall: a
-    pause of this process is not Redis being slow, and must not open the circuit breaker."""
+    """Fails a waiter with `error` after `seconds` unless it is done first (for opening a connection)."""
 
     def __init__(
-        self,
-        waiter: asyncio.Future[Any],
-        seconds: float,
-        what: str = "no reply within",
-        error: type[TimeoutError] = TimeoutError,
+        self, waiter: asyncio.Future[Any], seconds: float, what: str, error: type[TimeoutError]
     ) -> None:
         self.waiter = waiter
         self.seconds = seconds
@@ -163,13 +210,21 @@ class Pipeline:
             password=settings.get("password"),
         )
 
-    async def get(self, key: str, within: float) -> bytes | None:
-        """The value at `key`; `TimeoutError` when no reply came within `within` s (of time the loop was
-        free to read it), `PipelineError` (or `OSError` while connecting) on failure."""
-        reply = await self._call(within, b"GET", key.encode())
-        if reply is not None and not isinstance(reply, bytes):
-            raise PipelineError(f"unexpected reply to GET: {type(reply).__name__}")
-        return reply
+    def get(self, key: str, within: float, connect_within: float) -> Awaitable[Any]:
+        """`GET key`, written at once when the connection is open: the awaitable gives the raw reply
+        (bytes or None; the caller rejects anything else). `TimeoutError` when no reply came within
+        `within` s of time the loop was free to read it, `StillConnecting` when opening the connection
+        took longer than `connect_within` s, `PipelineError` (or `OSError`) on failure. A plain function
+        returning the reply's future, so that a hit waits on one object, not a stack of coroutines."""
+        command = _command(b"GET", key.encode())
+        protocol = self._protocol
+        if protocol is not None and self._loop is asyncio.get_running_loop() and self.connected:
+            return protocol.send_one(command, within)
+        return self._connect_and_send(command, within, connect_within)
+
+    async def _connect_and_send(self, command: bytes, within: float, connect_within: float) -> Any:
+        protocol = await self.connect(connect_within)
+        return await protocol.send_one(command, within)
 
     async def get_many(self, keys: Sequence[str], within: float) -> list[bytes | None]:
         """`MGET keys`: the values in order, None where absent; bounds and errors as `get`."""
@@ -209,32 +264,24 @@ class Pipeline:
         return (await self._call_many(within, [_command(*parts)]))[0]
 
     async def _call_many(self, within: float, commands: Sequence[bytes]) -> list[Any]:
-        """Send `commands` in one write and wait for all their replies, `within` s in all (replies come in
-        order, so the last one is waited for). No reply in time: the connection is dropped."""
+        """Send `commands` in one write and wait for all their replies (they come in order, so the last is
+        waited for). A reply of ours that was overdue raises `TimeoutError`; the connection was dropped."""
         protocol = await self.connect(within)
-        waiters = protocol.send(*commands)
-        last = waiters[-1]
-        deadline = _Deadline(last, within)
+        waiters = protocol.send(within, *commands)
         try:
-            await last  # awaited directly: this is the hit path (asyncio.wait would cost a task's worth)
+            await waiters[-1]
         except Exception:  # a failed or overdue reply: inspected below, with the others
             pass
         except BaseException:  # the caller was cancelled: its replies are read and dropped
             for waiter in waiters:
                 waiter.cancel()
             raise
-        finally:
-            deadline.cancel()
-        if isinstance(waiters[-1].exception(), TimeoutError):
-            protocol.drop(f"reply overdue after {within} s: connection closed, replies out of step")
-        replies = []
-        for waiter in waiters:
-            error = waiter.exception()  # retrieved even when an earlier one raises
-            replies.append(error if error is not None else waiter.result())
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise reply
-        return replies
+        errors = [waiter.exception() for waiter in waiters]  # each retrieved, even after the first
+        late = next((error for error in errors if isinstance(error, TimeoutError)), None)
+        error = late or next((error for error in errors if error is not None), None)
+        if error is not None:
+            raise error
+        return [waiter.result() for waiter in waiters]
 
     @property
     def connected(self) -> bool:
@@ -286,7 +333,9 @@ class Pipeline:
                 else:
                     _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
                 if self._setup:
-                    replies = await asyncio.gather(*protocol.send(*self._setup), return_exceptions=True)
+                    replies = await asyncio.gather(
+                        *protocol.send(limit, *self._setup), return_exceptions=True
+                    )
                     for reply in replies:
                         if isinstance(reply, BaseException):
                             raise reply

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .base import BackendError, PartialBackendError
 from .clients import SINGLE_NODE_SCHEMES, Closer, client_for_url
 from .failures import MISCONFIGURED, failure_cause
-from .pipeline import ConnectionReplaced, Pipeline, StillConnecting
+from .pipeline import ConnectionReplaced, Pipeline, PipelineError, StillConnecting
 from .scripts import RELEASE
 
 logger = logging.getLogger(__name__)
@@ -121,8 +121,18 @@ class RedisBackend:
     async def get(self, key: str) -> bytes | None:
         """One `GET`: on a single node made by `from_url`, over the pipelined connection; otherwise through
         the client."""
-        if self._pipeline is not None:
-            return await self._pipelined("GET", self._pipeline.get, key)
+        pipeline = self._pipeline
+        if pipeline is not None:  # the hit path: this coroutine waits on the reply's future itself
+            try:
+                reply = await pipeline.get(key, self.timeout, self.connect_timeout)
+            except Exception as exc:
+                raise self._pipeline_error("GET", exc) from exc
+            if reply is not None and not isinstance(reply, bytes):
+                error = PipelineError(f"unexpected reply to GET: {type(reply).__name__}")
+                raise self._pipeline_error("GET", error)
+            if self._down_cause is not None:
+                self._recovered()
+            return reply
         value = await self._call("GET", lambda: self.client.get(key), key)
         return value if isinstance(value, bytes) else None
 
@@ -283,17 +293,21 @@ class RedisBackend:
             if not self._pipeline.connected:
                 await self._pipeline.connect(self.connect_timeout)
             result = await command(*args, within=self.timeout)
-            if self._down_cause is not None:
-                self._recovered()
-            return result
-        except ConnectionReplaced as exc:  # one overdue reply closed it: that caller counts, not each of us
-            raise PartialBackendError(f"{name} failed: {exc}") from exc
-        except StillConnecting as exc:  # the attempt goes on (bounded by connect_timeout) without us
-            self._failed(exc)
-            raise BackendError(f"{name} failed: {exc}") from exc
         except Exception as exc:
-            cause = self._failed(exc)
-            raise BackendError(f"{name} failed ({cause}): {type(exc).__name__}: {exc}") from exc
+            raise self._pipeline_error(name, exc) from exc
+        if self._down_cause is not None:
+            self._recovered()
+        return result
+
+    def _pipeline_error(self, name: str, exc: Exception) -> BackendError:
+        """The error a failed pipeline command raises; the failure's cause is recorded."""
+        if isinstance(exc, ConnectionReplaced):  # one overdue reply closed it: that caller counts, not us
+            return PartialBackendError(f"{name} failed: {exc}")
+        if isinstance(exc, StillConnecting):  # the attempt goes on (bounded by connect_timeout) without us
+            self._failed(exc)
+            return BackendError(f"{name} failed: {exc}")
+        cause = self._failed(exc)
+        return BackendError(f"{name} failed ({cause}): {type(exc).__name__}: {exc}")
 
     async def aclose(self) -> None:
         if self._pipeline is not None:
