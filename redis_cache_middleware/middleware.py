@@ -19,8 +19,9 @@ from .cache import Cache, Unavailable
 from .coalesce import RowFlights, SingleFlight
 from .config import CacheConfig, credential_names, signing_key_bytes, targeted_names
 from .decision import Decision, Hit, OnlyIfCached, Revalidate, Stale, bypass_reason, decide
+from .described import described_digest
 from .detach import wait_for_background
-from .keys import KeySpace, described_digest, request_digest
+from .keys import KeySpace, request_digest
 from .metrics import Metrics
 from .miss import refresh, run_miss
 from .request import Request, read_body, route_path

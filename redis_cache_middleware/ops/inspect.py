@@ -8,8 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
+from ..described import described_digest, request_scope
 from ..entry import Entry, VaryMarker, decode, decode_row
-from ..keys import Headers, KeySpace, KeySpec, described_digest, request_scope, variant_key
+from ..keys import Headers, KeySpace, KeySpec, variant_key
 from ..policy import CREDENTIAL_HEADERS
 from ..rules import CacheRule
 from .scan import DEFAULT_PREFIX, Client, scan_keys, text
