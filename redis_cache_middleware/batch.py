@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
+from . import openinference
 from .jsonspans import (
     element_spans,
     envelope_frame,
@@ -25,6 +26,7 @@ from .jsonspans import (
     value_span,
     value_start,
 )
+from .openinference import count_reason
 from .typed import RouteCanon
 
 __all__ = [
@@ -46,7 +48,6 @@ _SORTED = orjson.OPT_SORT_KEYS
 # orjson reads integer literals past 64 bits as floats: two such rows could share a canonical form.
 _STRING_OR_LONG_NUMBER = re.compile(rb'"(?:[^"\\]|\\.)*"|(\d{20})', re.DOTALL)
 _INDEX = re.compile(r"0|[1-9][0-9]*")
-_FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
 
 @dataclass(frozen=True)
@@ -122,13 +123,14 @@ def split_request(rows: BatchRows, body: bytes, canon: JsonCanon | None = None) 
     except orjson.JSONDecodeError:
         return "batch-not-json"
     if rows.protocol == "open-inference":
-        return _split_open_inference(rows, document)
+        split = openinference.split_request(document, rows.max_rows)
+        return split if isinstance(split, str) else BatchRequest(*split)
     found = _resolve(document, rows.request_tokens)
     if found is _MISSING:
         return "batch-no-rows"
     if not isinstance(found, list):
         return "batch-not-list"
-    reason = _count_reason(len(found), rows.max_rows)
+    reason = count_reason(len(found), rows.max_rows)
     if reason:
         return reason
     canonical = canon(document) if canon is not None else document
@@ -153,7 +155,8 @@ def split_response(rows: BatchRows, body: bytes, expected: int) -> BatchResponse
     except orjson.JSONDecodeError:
         return None
     if rows.protocol == "open-inference":
-        return _split_open_inference_response(document, expected)
+        found_oip = openinference.split_response(document, expected)
+        return BatchResponse(*found_oip) if found_oip is not None else None
     found = _resolve(document, rows.response_tokens)
     if not isinstance(found, list) or len(found) != expected or expected < 1:
         return None
@@ -174,7 +177,7 @@ def assemble(envelope: bytes, values: Sequence[bytes]) -> bytes:
     if not values:
         raise ValueError("a response needs at least one row")
     if envelope[:1] == b"O":
-        return _assemble_open_inference(envelope[1:], values)
+        return openinference.assemble(envelope[1:], values)
     return fill_envelope(envelope, values)
 
 
@@ -270,14 +273,6 @@ def _has_long_number(body: bytes) -> bool:
     return any(match.group(1) for match in _STRING_OR_LONG_NUMBER.finditer(body))
 
 
-def _count_reason(count: int, max_rows: int) -> str:
-    if count == 0:
-        return "batch-empty"
-    if count > max_rows:
-        return "batch-too-many-rows"
-    return ""
-
-
 def _resolve(document: Any, tokens: tuple[str, ...]) -> Any:
     """The parsed value at `tokens` (RFC 6901 section 4), or `_MISSING`."""
     for token in tokens:
@@ -315,101 +310,3 @@ def _without(document: Any, tokens: tuple[str, ...]) -> Any:
     items = list(document)
     items[int(token)] = _without(items[int(token)], rest) if rest else None
     return items
-
-
-# --- Open Inference Protocol v2 ------------------------------------------------------------------------
-
-
-def _tensor_rows(tensor: Any, count: int | None) -> tuple[list[Any], bool] | None:
-    """Per-row slices of an OIP tensor `{"shape": [n, ...], "data": [...]}`, and whether data is nested."""
-    if not isinstance(tensor, dict):
-        return None
-    shape, data = tensor.get("shape"), tensor.get("data")
-    if not isinstance(shape, list) or not shape or not isinstance(data, list):
-        return None
-    if not all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape):
-        return None
-    rows = shape[0]
-    if count is not None and rows != count:
-        return None
-    width = 1
-    for dim in shape[1:]:
-        width *= dim
-    if rows and len(data) == rows and all(isinstance(item, list) for item in data):
-        return list(data), True
-    if len(data) != rows * width or any(isinstance(item, list) for item in data):
-        return None
-    return [data[i * width : (i + 1) * width] for i in range(rows)], False
-
-
-def _as_floats(value: Any) -> Any:
-    """Integers in a floating-point tensor become floats: the server builds the same tensor from both."""
-    if isinstance(value, list):
-        return [_as_floats(item) for item in value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _split_open_inference(rows: BatchRows, document: Any) -> BatchRequest | str:
-    inputs = document.get("inputs", _MISSING) if isinstance(document, dict) else _MISSING
-    if inputs is _MISSING:
-        return "batch-no-rows"
-    if not isinstance(inputs, list) or not inputs:
-        return "batch-not-list"
-    split = [_tensor_rows(tensor, None) for tensor in inputs]
-    counts = {len(found[0]) for found in split if found is not None}
-    if any(found is None for found in split) or len(counts) != 1:
-        return "batch-bad-shape"
-    reason = _count_reason(counts.pop(), rows.max_rows)
-    if reason:
-        return reason
-    tensors: list[tuple[list[Any], bool]] = [found for found in split if found is not None]
-    canonical = [
-        _as_floats(slices) if inp.get("datatype") in _FLOAT_TYPES else slices
-        for inp, (slices, _) in zip(inputs, tensors, strict=True)
-    ]
-    count = len(tensors[0][0])
-    per_row = [orjson.dumps([slices[i] for slices in canonical], option=_SORTED) for i in range(count)]
-    rest_inputs = [
-        {**{k: v for k, v in inp.items() if k != "data"}, "shape": inp["shape"][1:]} for inp in inputs
-    ]
-
-    def rebuild(indices: Sequence[int]) -> bytes:
-        new_inputs = []
-        for inp, (slices, nested) in zip(inputs, tensors, strict=True):
-            data = [slices[i] for i in indices] if nested else [x for i in indices for x in slices[i]]
-            new_inputs.append({**inp, "shape": [len(indices), *inp["shape"][1:]], "data": data})
-        return orjson.dumps({**document, "inputs": new_inputs})
-
-    rest = orjson.dumps({**document, "inputs": rest_inputs}, option=_SORTED)
-    return BatchRequest(tuple(per_row), rest, rebuild)
-
-
-def _split_open_inference_response(document: Any, expected: int) -> BatchResponse | None:
-    outputs = document.get("outputs") if isinstance(document, dict) else None
-    if not isinstance(outputs, list) or not outputs or expected < 1:
-        return None
-    split = [_tensor_rows(tensor, expected) for tensor in outputs]
-    tensors = [found for found in split if found is not None]
-    if len(tensors) != len(outputs):
-        return None
-    values = tuple(orjson.dumps([slices[i] for slices, _ in tensors]) for i in range(expected))
-    emptied = [{**out, "shape": [None, *out["shape"][1:]], "data": []} for out in outputs]
-    envelope = {"document": {**document, "outputs": emptied}, "nested": [nested for _, nested in tensors]}
-    return BatchResponse(values, b"O" + orjson.dumps(envelope))
-
-
-def _assemble_open_inference(payload: bytes, values: Sequence[bytes]) -> bytes:
-    try:
-        envelope = orjson.loads(payload)
-        document, nested = envelope["document"], envelope["nested"]
-        rows = [orjson.loads(value) for value in values]
-        outputs = []
-        for j, out in enumerate(document["outputs"]):
-            slices = [row[j] for row in rows]
-            data = slices if nested[j] else [x for piece in slices for x in piece]
-            outputs.append({**out, "shape": [len(rows), *out["shape"][1:]], "data": data})
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        raise ValueError(f"malformed open-inference envelope or row: {exc}") from exc
-    return orjson.dumps({**document, "outputs": outputs})
