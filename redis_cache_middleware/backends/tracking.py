@@ -97,15 +97,14 @@ class Tracker:
                 raise
             except Exception as exc:
                 if self.up:
-                    self.losses += 1
                     logger.warning("L1 invalidation tracking lost (%r): L1 bypassed until it is back", exc)
                 else:
                     logger.debug("L1 invalidation tracking failed: %r", exc)
             finally:
-                was_up = self.up
-                self._down()
-                if was_up:
+                if self.up and not self._closed:
+                    self.losses += 1
                     delay = 0.05
+                self._down()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
