@@ -242,7 +242,7 @@ asyncio.run(main())
         while not reader_subscribed:  # read from Redis until its subscription is up: wait for that
             await writer.set("shared", f"v1-{time.monotonic()}".encode(), 60)
             _, reader_subscribed = await next_line()
-        await asyncio.sleep(0.1)  # the reader now serves this value from its L1
+        await asyncio.sleep(0.3)  # the reader now serves this value from its L1
         started = time.monotonic()
         await writer.set("shared", b"v2", 60)
         assert await next_line() == ["v2", True]
@@ -261,7 +261,7 @@ asyncio.run(main())
             await process.wait()
         await writer.aclose()
     assert replace_seen < INVALIDATION_BOUND and delete_seen < INVALIDATION_BOUND
-    assert stats["l1_hits"] > 50, "the reader served most reads from L1"
+    assert stats["l1_hits"] > 50, f"the reader served most reads from L1: {stats}"
     assert stats["invalidations"] >= 3
 
 

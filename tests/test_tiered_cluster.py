@@ -1,6 +1,6 @@
-"""TieredBackend on a Redis Cluster: every primary's changes reach L1, whoever makes them, and a failover
-(a primary killed, or a manual one that leaves the old primary running) bypasses L1 until the new primary
-is tracked."""
+"""TieredBackend on a Redis Cluster and behind Sentinel: every primary's changes reach L1, whoever makes
+them, and a failover (a primary killed, or a manual one that leaves the old primary running) bypasses L1
+until the new primary is tracked."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from redis.cluster import RedisCluster as SyncCluster
 
 from redis_cache_middleware import BackendError
 from redis_cache_middleware.backends.tiered import TieredBackend
 
-from .redis_cluster import LocalCluster
+from .redis_cluster import LocalCluster, LocalSentinel
 from .redis_server import RedisServer
 from .test_tiered import INVALIDATION_BOUND, eventually, tiered
 from .test_tiered_tracking import in_l1
@@ -190,3 +191,46 @@ async def test_a_killed_primary_bypasses_l1_until_its_replica_is_tracked(tmp_pat
     finally:
         await backend.aclose()
         cluster.stop()
+
+
+async def test_a_sentinel_failover_moves_tracking_to_the_new_master(tmp_path: Path) -> None:
+    """`SENTINEL FAILOVER` leaves the old master running as a replica: the master check notices."""
+    primary = RedisServer(tmp_path / "primary", "--repl-diskless-sync-delay", "0").start()
+    replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port)).start()
+    sentinel = LocalSentinel(tmp_path / "sentinel", primary, down_after_ms=500).start()
+    backend = tiered(sentinel.url())
+    key = KEYS[0]
+    try:
+        await tracked(backend)
+        with primary.client() as old_master:
+            old_master.set(key, b"v1")
+        await in_l1(backend, key, b"v1")
+        with replica.client() as copy:
+            deadline = time.monotonic() + 5
+            while copy.get(key) != b"v1":
+                assert time.monotonic() < deadline, "the replica did not catch up"
+                await asyncio.sleep(0.02)
+        sentinel.wait_for_replicas(1)
+        with redis.Redis(host="127.0.0.1", port=sentinel.port, socket_timeout=2) as admin:
+            for _ in range(100):  # NOGOODSLAVE until the sentinel has seen the replica in sync
+                try:
+                    admin.execute_command("SENTINEL FAILOVER", sentinel.service)
+                    break
+                except redis.ResponseError:
+                    await asyncio.sleep(0.1)
+        deadline = time.monotonic() + 15
+        while backend.stats()["subscription_losses"] == 0:
+            assert time.monotonic() < deadline, "the new master was not noticed"
+            await asyncio.sleep(0.01)
+        await tracked(backend)
+        with replica.client() as new_master:
+            assert new_master.info("replication")["role"] == "master"
+            assert await readable(backend, key) == b"v1"
+            await in_l1(backend, key, b"v1")
+            new_master.set(key, b"v2")
+        assert await eventually(lambda: backend.get(key), b"v2") < INVALIDATION_BOUND
+    finally:
+        await backend.aclose()
+        sentinel.kill()
+        replica.kill()
+        primary.kill()

@@ -137,3 +137,26 @@ async def test_a_resp3_client_gets_a_resp2_tracking_connection(
         assert await eventually(lambda: backend.get("k"), b"v2") < INVALIDATION_BOUND
     finally:
         await backend.aclose()
+
+
+async def test_without_client_tracking_l1_stays_bypassed_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user whose ACL forbids CLIENT TRACKING (as some managed Redis do): correct answers, no L1."""
+    server = RedisServer(tmp_path).start()
+    with server.client() as admin:
+        admin.acl_setuser(
+            "app", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-client|tracking"]
+        )
+    backend = tiered(f"redis://app:pw@127.0.0.1:{server.port}/0")
+    try:
+        await backend.set("k", b"v1", 60)
+        for _ in range(20):
+            assert await backend.get("k") == b"v1"
+            await asyncio.sleep(0.02)
+        assert not backend.subscribed and backend.l1_hits == 0 and backend.l2_hits == 20
+        refusals = [r for r in caplog.records if "refused L1 invalidation tracking" in r.getMessage()]
+        assert len(refusals) == 1 and refusals[0].levelname == "WARNING"
+    finally:
+        await backend.aclose()
+        server.kill()

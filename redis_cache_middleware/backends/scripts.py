@@ -1,4 +1,4 @@
-"""Every Lua script the backends run, in one place, and how one is sent (`EVALSHA`, loaded on `NOSCRIPT`)."""
+"""Every Lua script the backends run, in one place, and how one is sent (`EVALSHA`, `EVAL` on `NOSCRIPT`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ return {value, redis.call('PTTL', KEYS[1])}
 
 
 class Script:
-    """A Lua script run with `EVALSHA`, loaded on `NOSCRIPT` (a new or restarted server)."""
+    """A Lua script run with `EVALSHA`; on `NOSCRIPT` (a new, restarted or promoted node) with `EVAL`, which
+    also leaves it in that node's script cache. No `SCRIPT LOAD`: on a Cluster that goes to every primary,
+    and one being down would fail reads of the others."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -31,5 +33,4 @@ class Script:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            self.sha = await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.eval(self.source, len(keys), *keys, *args)

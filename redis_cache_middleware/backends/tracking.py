@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import ResponseError
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Tracker:
         self.losses = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._refused = False
 
     def start(self) -> None:
         if self._closed or (self._task is not None and not self._task.done()):
@@ -98,6 +100,9 @@ class Tracker:
             except Exception as exc:
                 if self.up:
                     logger.warning("L1 invalidation tracking lost (%r): L1 bypassed until it is back", exc)
+                elif isinstance(exc, ResponseError) and not self._refused:
+                    self._refused = True  # CLIENT TRACKING not allowed (an ACL, a proxy, Redis < 6)
+                    logger.warning("Redis refused L1 invalidation tracking (%s): L1 bypassed", exc)
                 else:
                     logger.debug("L1 invalidation tracking failed: %r", exc)
             finally:
