@@ -71,6 +71,8 @@ class Tracker:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._refused = False
+        self._known: list[Address] = []  # the primaries last found on a Cluster, asked first
+        self._attempts = 0
 
     def start(self) -> None:
         if self._closed or (self._task is not None and not self._task.done()):
@@ -140,26 +142,33 @@ class Tracker:
             pool = client.connection_pool
             kwargs = pool.connection_kwargs  # a Sentinel pool's connections find the master themselves
             return [(str(kwargs.get("host", "")), int(kwargs.get("port", 0)))], None
-        seeds = {node.name: node for node in [*client.get_primaries(), *client.get_nodes()]}
-        seeds.update(client.nodes_manager.startup_nodes)
+        seeds = [*self._known, *((node.host, int(node.port)) for node in client.get_nodes())]
+        seeds += [(node.host, int(node.port)) for node in client.nodes_manager.startup_nodes.values()]
+        seeds = list(dict.fromkeys(seeds))
+        self._attempts += 1  # start from another seed each time: a hung one cannot stop every attempt
+        turn = self._attempts % len(seeds)
         failure: Exception = RuntimeError("no cluster node to ask for CLUSTER SLOTS")
-        for node in seeds.values():
-            control = self._connection((node.host, int(node.port)))
+        for seed in seeds[turn:] + seeds[:turn]:
+            control = self._connection(seed)
             opened.append(control)
             try:
-                return await self._cluster_primaries(control), control
+                async with asyncio.timeout(self.timeout / 3):
+                    self._known = await self._cluster_primaries(control)
+                return self._known, control
             except Exception as exc:  # try the next one
                 failure = exc
         raise failure
 
     def _connection(self, address: Address) -> AbstractConnection:
-        """A new connection to `address` made like the client's own, on our own settings."""
+        """A new connection to `address` made like the client's own (TLS, credentials, db), on our own
+        settings; its replies may take `self.timeout`, not the request path's short timeout."""
         client = self.client
+        own = {**_OWN_SETTINGS, "socket_timeout": self.timeout}
         if isinstance(client, Redis):
             pool = client.connection_pool
-            return pool.connection_class(**{**pool.connection_kwargs, **_OWN_SETTINGS})
+            return pool.connection_class(**{**pool.connection_kwargs, **own})
         template = next(iter(client.nodes_manager.startup_nodes.values()))
-        kwargs = {**template.connection_kwargs, "host": address[0], "port": address[1], **_OWN_SETTINGS}
+        kwargs = {**template.connection_kwargs, "host": address[0], "port": address[1], **own}
         return template.connection_class(**kwargs)
 
     async def _cluster_primaries(self, control: AbstractConnection) -> list[Address]:
