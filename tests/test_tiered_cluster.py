@@ -156,6 +156,45 @@ async def test_a_manual_failover_moves_tracking_to_the_new_primary(
         assert await eventually(lambda: b.get(key), b"v3") < INVALIDATION_BOUND
 
 
+async def test_writes_missed_during_a_failover_are_bounded_by_l1_max_ttl(cluster: LocalCluster) -> None:
+    """Replicas announce nothing, so a write on a just-promoted primary is lost until the topology check
+    runs (here, with a 10 s heartbeat, not during the test): `l1_max_ttl` still bounds the staleness."""
+    backend = tiered(cluster.url, l1_max_ttl=0.5, heartbeat=10.0)
+    key = KEYS[1]
+    try:
+        await tracked(backend)
+        with plain_client(cluster) as plain:
+            plain.set(key, b"v1")
+            old = owner(cluster, plain, key)
+            with old.client() as node:
+                replica_port = int(node.info("replication")["slave0"]["port"])
+                deadline = time.monotonic() + 5
+                while (
+                    node.info("replication")["slave0"]["offset"]
+                    < node.info("replication")["master_repl_offset"]
+                ):
+                    assert time.monotonic() < deadline, "the replica did not catch up"
+                    await asyncio.sleep(0.02)
+        replica = next(node for node in cluster.nodes if node.port == replica_port)
+        with replica.client() as promoted:
+            promoted.execute_command("CLUSTER FAILOVER")
+            deadline = time.monotonic() + 10
+            while promoted.info("replication")["role"] != "master":
+                assert time.monotonic() < deadline, "the failover did not happen"
+                await asyncio.sleep(0.02)
+            assert await readable(backend, key) == b"v1"
+            await in_l1(backend, key, b"v1")  # read from the new primary, which nobody tracks yet
+            promoted.set(key, b"v2")
+        written = time.monotonic()
+        assert await backend.get(key) == b"v1", "the invalidation is lost: L1 still serves the old value"
+        assert backend.subscribed and backend.stats()["subscription_losses"] == 0
+        while await backend.get(key) != b"v2":
+            assert time.monotonic() - written < 0.5 + 0.3, "stale for longer than l1_max_ttl"
+            await asyncio.sleep(0.005)
+    finally:
+        await backend.aclose()
+
+
 @pytest.mark.parametrize("how", ["kill", "pause"])
 async def test_a_lost_primary_bypasses_l1_until_its_replica_is_tracked(tmp_path: Path, how: str) -> None:
     """Killed, its connection breaks at once; paused (a partition), only the heartbeat notices."""
