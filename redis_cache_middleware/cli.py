@@ -253,11 +253,7 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
         done = [
             key
             for key in keys
-            if (
-                await client.exists(key)
-                if args.dry_run
-                else await ops.purge_request(client, key, l1_channel=args.l1_channel)
-            )
+            if (await client.exists(key) if args.dry_run else await ops.purge_request(client, key))
         ]
         note = "" if done else await _empty_note(client, args)
         print(f"{verb} {entries_text(len(done))}: {', '.join(done) if done else f'no entry {missing}'}{note}")
@@ -272,7 +268,6 @@ async def _purge(client: Redis | RedisCluster, args: argparse.Namespace, rule: C
         all=args.all,
         dry_run=args.dry_run,
         batch=args.batch,
-        l1_channel=args.l1_channel,
     )
     versions = f"version {args.version}" if args.version is not None else "every version"
     if args.tag is not None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from .ops import DEFAULT_PREFIX, L1_CHANNEL
+from .ops import DEFAULT_PREFIX
 from .ops.app import CacheSettings
 from .rules import CacheRule
 
@@ -115,11 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--key", help="one entry by its full key")
     purge.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
     purge.add_argument("--batch", type=int, default=500, help="SCAN COUNT and UNLINK batch size")
-    purge.add_argument(
-        "--l1-channel",
-        default=L1_CHANNEL,
-        help="pub/sub channel of TieredBackend L1 invalidations ('' for none; default: %(default)s)",
-    )
     for command in (stats, keys, inspect, purge):
         command.set_defaults(parser=command)
     return parser

@@ -26,7 +26,7 @@ from redis_cache_middleware.backends.tiered import TieredBackend
 from .redis_cluster import LocalCluster
 from .redis_server import RedisServer
 
-KINDS = ["memory", "redis", "redis-client", "tiered", "cluster"]
+KINDS = ["memory", "redis", "redis-client", "tiered", "cluster", "tiered-cluster"]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,12 @@ async def any_backend(request: pytest.FixtureRequest, redis_server: RedisServer)
     backend: Backend
     if kind == "memory":
         backend = MemoryBackend()
-    elif kind == "cluster":
+    elif kind in ("cluster", "tiered-cluster"):
         cluster: LocalCluster = request.getfixturevalue("cluster")
         _flush_cluster(cluster)
         backend = RedisBackend.from_url(cluster.url, timeout=0.5)
+        if kind == "tiered-cluster":
+            backend = TieredBackend(backend)
     else:
         request.getfixturevalue("redis_client")  # an emptied server
         if kind == "redis":
@@ -59,7 +61,7 @@ async def any_backend(request: pytest.FixtureRequest, redis_server: RedisServer)
         elif kind == "redis-client":  # any client option: no pipelined connection, redis-py does it all
             backend = RedisBackend.from_url(redis_server.url, timeout=0.5, client_name="plain")
         else:
-            backend = TieredBackend(RedisBackend.from_url(redis_server.url, timeout=0.5), channel="custom")
+            backend = TieredBackend(RedisBackend.from_url(redis_server.url, timeout=0.5))
     yield backend
     await backend.aclose()
 
@@ -190,13 +192,13 @@ async def _wait_until(read: object, expected: bytes | None, within: float = 2.0)
 
 
 @pytest.mark.parametrize("operation", ["purge", "purge_set", "delete", "set"])
-async def test_tiered_invalidations_use_the_backends_own_channel(
+async def test_tiered_writes_and_purges_reach_another_l1(
     redis_server: RedisServer, redis_client: redis.Redis, operation: str
 ) -> None:
-    """Regression: purging through a `TieredBackend(channel="custom")` left other processes' L1 copies
-    alive (the purge announced on the default channel)."""
+    """Each way of changing an entry through one `TieredBackend` (watching only the cache's prefix) drops
+    the copy in another's L1."""
     a, b = (
-        TieredBackend(RedisBackend.from_url(redis_server.url, timeout=0.5), channel="custom", l1_max_ttl=30)
+        TieredBackend(RedisBackend.from_url(redis_server.url, timeout=0.5), prefix="rcm:", l1_max_ttl=30)
         for _ in range(2)
     )
     try:
@@ -208,6 +210,10 @@ async def test_tiered_invalidations_use_the_backends_own_channel(
             await asyncio.sleep(0.01)
         await a.set("rcm:ns:v:r:1", b"v1", 60)
         await a.add_to_sets(["rcm:ns:tag:t"], "rcm:ns:v:r:1", 60)
+        deadline = time.monotonic() + 2
+        while b.stats()["invalidations"] != 2:  # the entry and the tag set: nothing more to hear
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
         await _wait_until(lambda: b.get("rcm:ns:v:r:1"), b"v1")
         redis_client.config_resetstat()
         assert await b.get("rcm:ns:v:r:1") == b"v1"

@@ -177,7 +177,7 @@ class RedisBackend:
         def gets(pipe: Any, index: int) -> None:
             pipe.get(keys[index])
 
-        replies = await self._per_node("MGET", keys, gets)
+        replies = await self.per_node("MGET", keys, gets)
         return [value if isinstance(value, bytes) else None for value in replies]
 
     async def set_many(self, items: Sequence[tuple[str, bytes, float]]) -> None:
@@ -193,7 +193,7 @@ class RedisBackend:
             key, value, milliseconds = timed[index]
             pipe.set(key, value, px=milliseconds)
 
-        await self._per_node("SET", [key for key, _, _ in timed], sets)
+        await self.per_node("SET", [key for key, _, _ in timed], sets)
 
     async def add_counters(self, key: str, deltas: Mapping[str, float]) -> None:
         """Add each delta to its field of the hash `key` (HINCRBY for whole numbers, else HINCRBYFLOAT),
@@ -222,7 +222,7 @@ class RedisBackend:
             pipe.pexpire(sets[index], milliseconds, nx=True)
             pipe.pexpire(sets[index], milliseconds, gt=True)
 
-        await self._per_node("SADD", sets, adds)
+        await self.per_node("SADD", sets, adds)
 
     async def purge(self, pattern: str, *, batch: int = DEFAULT_PURGE_BATCH) -> int:
         """UNLINK every key matching the glob `pattern` (SCAN MATCH on every primary, `batch` keys at a
@@ -362,9 +362,10 @@ class RedisBackend:
         logger.log(level, "Redis calls succeed again (after %s failures)", self._down_cause)
         self._down_cause = None
 
-    async def _per_node(self, name: str, keys: Sequence[str], add: Callable[[Any, int], None]) -> list[Any]:
+    async def per_node(self, name: str, keys: Sequence[str], add: Callable[[Any, int], None]) -> list[Any]:
         """Queue `add(pipe, i)` for every key in a pipeline per node and run the pipelines in parallel;
-        the first reply of each key's commands, in key order. Some nodes failing: `PartialBackendError`."""
+        the first reply of each key's commands, in key order. Some nodes failing: `PartialBackendError`.
+        For layers built on this one."""
         client = self.client
         if not isinstance(client, RedisCluster):
             everything = range(len(keys))

@@ -1,4 +1,4 @@
-"""Every Lua script the backends run, in one place, and how one is sent (`EVALSHA`, loaded on `NOSCRIPT`)."""
+"""Every Lua script the backends run, in one place, and how one is sent (`EVALSHA`, `EVAL` on `NOSCRIPT`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
 # Delete a lease only while `token` (ARGV[1]) still holds it.
@@ -19,34 +19,18 @@ if not value then return false end
 return {value, redis.call('PTTL', KEYS[1])}
 """
 
-# SET with expiry (ARGV[2] ms), then tell every process on channel ARGV[3] to drop its L1 copy.
-SET_AND_PUBLISH = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. KEYS[1])
-return 1
-"""
-
-# UNLINK each key and tell every process on channel ARGV[1] to drop it; the number that existed.
-DELETE_AND_PUBLISH = """
-local removed = 0
-for _, key in ipairs(KEYS) do
-  removed = removed + redis.call('UNLINK', key)
-  redis.call('PUBLISH', ARGV[1], ARGV[2] .. key)
-end
-return removed
-"""
-
 
 class Script:
-    """A Lua script run with `EVALSHA`, loaded on `NOSCRIPT` (a new or restarted server)."""
+    """A Lua script run with `EVALSHA`; on `NOSCRIPT` (a new, restarted or promoted node) with `EVAL`, which
+    also leaves it in that node's script cache. No `SCRIPT LOAD`: on a Cluster that goes to every primary,
+    and one being down would fail reads of the others."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def __call__(self, client: Redis | RedisCluster, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            self.sha = await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.eval(self.source, len(keys), *keys, *args)

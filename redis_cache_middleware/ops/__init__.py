@@ -12,7 +12,7 @@ from .inspect import (
     request_scope,
     sample_keys,
 )
-from .purge import L1_CHANNEL, announce, index_tags, purge, purge_request, tag_key
+from .purge import index_tags, purge, purge_request, tag_key
 from .rows import inspect_rows, stored_versions
 from .scan import DEFAULT_PREFIX
 from .stats import (
@@ -27,8 +27,6 @@ from .stats import (
 
 __all__ = [
     "DEFAULT_PREFIX",
-    "L1_CHANNEL",
-    "announce",
     "find_namespaces",
     "follow_vary",
     "human_bytes",

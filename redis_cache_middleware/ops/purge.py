@@ -8,12 +8,8 @@ from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from typing import cast
 
-from ..backends.tiered import DEFAULT_CHANNEL, invalidation_message, new_sender
 from ..keys import KeySpace
 from .scan import DEFAULT_PREFIX, Client, RawKey, scan_keys, text, unlink
-
-L1_CHANNEL = DEFAULT_CHANNEL
-_SENDER = new_sender()
 
 
 def tag_key(prefix: str, namespace: str, tag: str) -> str:
@@ -50,13 +46,12 @@ async def purge(
     all: bool = False,
     dry_run: bool = False,
     batch: int = 500,
-    l1_channel: str | None = L1_CHANNEL,
 ) -> int:
     """Delete the entries selected by one of `all`, `version`, `rule` (narrowed by `version`) or `tag`.
 
     Returns how many entries were deleted (with `dry_run`, how many would be, and nothing is deleted).
-    `all` also removes the namespace's tag sets and `tag` its own set; those are not counted. When
-    something was deleted, every `TieredBackend` on `l1_channel` is told to empty its L1.
+    `all` also removes the namespace's tag sets and `tag` its own set; those are not counted. Every
+    `TieredBackend` hears of each deletion from Redis and drops its L1 copy.
     """
     if batch < 1:
         raise ValueError("purge batch must be at least 1")
@@ -72,8 +67,6 @@ async def purge(
         deleted = await _purge_tag(client, space, tag, dry_run, batch)
     else:
         deleted = await _purge_entries(client, space, version, rule, all and version is None, dry_run, batch)
-    if deleted and not dry_run:
-        await announce(client, l1_channel)
     return deleted
 
 
@@ -147,15 +140,7 @@ async def _purge_tag(client: Client, space: KeySpace, tag: str, dry_run: bool, b
     return found
 
 
-async def purge_request(client: Client, key: str, *, l1_channel: str | None = L1_CHANNEL) -> bool:
-    """Delete the one entry stored under `key` (and its L1 copies on `l1_channel`); True when it existed."""
+async def purge_request(client: Client, key: str) -> bool:
+    """Delete the one entry stored under `key`; True when it existed."""
     deleted: int = await client.unlink(key)
-    if deleted:
-        await announce(client, l1_channel, key)
     return deleted == 1
-
-
-async def announce(client: Client, channel: str | None, key: str = "") -> None:
-    """Tell every `TieredBackend` on `channel` to drop `key` from its L1 (every key when ""); None: no-op."""
-    if channel:
-        await client.publish(channel, invalidation_message(_SENDER, key))
