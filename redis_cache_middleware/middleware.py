@@ -126,6 +126,9 @@ class CacheMiddleware:
         self._canons: dict[tuple[str, str], RouteCanon | None] = {}
         self._budget = float(getattr(store, "timeout", math.inf))
         self._registered = False
+        adopt_prefix = getattr(store, "adopt_prefix", None)
+        if callable(adopt_prefix):  # a TieredBackend keeps and watches only this cache's keys
+            adopt_prefix(f"{prefix}:")
         warm = getattr(store, "warm", None)
         if callable(warm):
             warm()  # Starlette builds middleware at lifespan startup or the first request: connect now

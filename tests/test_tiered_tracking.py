@@ -160,3 +160,30 @@ async def test_without_client_tracking_l1_stays_bypassed_and_says_why(
     finally:
         await backend.aclose()
         server.kill()
+
+
+async def test_a_cache_middleware_makes_its_tiered_backend_watch_only_its_own_keys(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Without a `prefix`, the backend adopts the middleware's key prefix: Redis announces no other writes."""
+    from starlette.applications import Starlette
+
+    from redis_cache_middleware import CacheMiddleware, CacheRule
+
+    backend = tiered(redis_server.url)
+    CacheMiddleware(Starlette(), backend=backend, rules=[CacheRule("/x", ttl=5)], prefix="mycache")
+    chosen = tiered(redis_server.url, prefix="")
+    CacheMiddleware(Starlette(), backend=chosen, rules=[CacheRule("/x", ttl=5)], prefix="mycache")
+    try:
+        await subscribed(backend, chosen)
+        assert backend.prefix == "mycache:" and chosen.prefix == "", "a prefix given stays as it is"
+        redis_client.set("mycache:entry", b"cached")
+        await in_l1(backend, "mycache:entry", b"cached")
+        heard = backend.invalidations
+        redis_client.set("unrelated", b"x")
+        redis_client.set("mycache:entry", b"changed")
+        await eventually(lambda: backend.get("mycache:entry"), b"changed")
+        assert backend.invalidations == heard + 1, "the unrelated write was not announced"
+    finally:
+        await backend.aclose()
+        await chosen.aclose()

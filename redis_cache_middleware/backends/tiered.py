@@ -59,8 +59,9 @@ class TieredBackend:
     """An in-process L1 (`MemoryBackend`, LRU bounded by `l1_max_bytes`) in front of `l2`.
 
     `l1_max_ttl` caps how long an L1 copy lives, and so the staleness when an invalidation is lost;
-    `prefix` is the start of the keys kept in L1 and watched in Redis ("" for every key; the cache's
-    key prefix, e.g. "rcm:", spares Redis announcing other writes); `heartbeat` is how often (seconds)
+    `prefix` is the start of the keys kept in L1 and watched in Redis ("" for every key; by default the
+    key prefix of the `CacheMiddleware` using this backend, e.g. "rcm:", so that Redis announces no other
+    writes); `heartbeat` is how often (seconds)
     an idle tracking connection is pinged and the set of primaries checked. Works on one node, a
     Sentinel master and a Redis Cluster (Redis >= 6).
     """
@@ -73,7 +74,7 @@ class TieredBackend:
         *,
         l1_max_bytes: int = 32 * 1024 * 1024,
         l1_max_ttl: float = 2.0,
-        prefix: str = "",
+        prefix: str | None = None,
         heartbeat: float = 1.0,
     ) -> None:
         if not l1_max_ttl > 0 or not heartbeat > 0:
@@ -81,9 +82,10 @@ class TieredBackend:
         self.l2 = l2
         self.l1 = MemoryBackend(l1_max_bytes)
         self.l1_max_ttl = float(l1_max_ttl)
-        self.prefix = prefix
+        self.prefix = prefix or ""
+        self._prefix_chosen = prefix is not None
         self.heartbeat = heartbeat
-        self.tracker = Tracker(l2.client, self, prefix=prefix, heartbeat=heartbeat, timeout=l2.timeout)
+        self.tracker = Tracker(l2.client, self, prefix=self.prefix, heartbeat=heartbeat, timeout=l2.timeout)
         self._get_script = Script(GET_WITH_TTL)
         self._inflight: dict[str, _Flight] = {}
         self._reads: dict[str, tuple[asyncio.Task[bytes | None], _Flight]] = {}
@@ -96,6 +98,13 @@ class TieredBackend:
         self.l2_misses = 0
         self.l2_reads_shared = 0
         self.invalidations = 0
+
+    def adopt_prefix(self, prefix: str) -> None:
+        """Keep and watch only keys under `prefix` (a `CacheMiddleware` passes its key prefix), unless a
+        prefix was given or tracking has started."""
+        if not self._prefix_chosen and not self.tracker.started:
+            self.prefix = self.tracker.prefix = prefix
+            self._prefix_chosen = True
 
     @property
     def subscribed(self) -> bool:

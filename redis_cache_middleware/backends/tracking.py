@@ -74,6 +74,11 @@ class Tracker:
         self._known: list[Address] = []  # the primaries last found on a Cluster, asked first
         self._attempts = 0
 
+    @property
+    def started(self) -> bool:
+        """Whether tracking was ever started (the prefix can no longer change)."""
+        return self._task is not None
+
     def start(self) -> None:
         if self._closed or (self._task is not None and not self._task.done()):
             return
