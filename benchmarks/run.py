@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from benchmarks import chart as charts
 from benchmarks import loadgen, report
 from benchmarks.apps import GROUPS, SCENARIOS, Scenario
 from benchmarks.hitpath import run as hitpath_run
@@ -285,10 +286,10 @@ def main(argv: list[str] | None = None) -> None:
     (RESULTS / "results.json").write_text(json.dumps(data, indent=1, default=str))
     markdown = report.markdown(data)
     (RESULTS / "results.md").write_text(markdown)
-    chart = report.chart(data, RESULTS / "benchmark.png")
+    png = charts.chart(data, RESULTS / "benchmark.png")
     print()
     print(markdown)
-    print(f"written: {RESULTS / 'results.md'}, {RESULTS / 'results.json'}" + (f", {chart}" if chart else ""))
+    print(f"written: {RESULTS / 'results.md'}, {RESULTS / 'results.json'}" + (f", {png}" if png else ""))
 
 
 def redis_url_version() -> str:
