@@ -1,7 +1,7 @@
 """Run every scenario and write the table, the chart and the profiles to benchmarks/results/.
 
-    python -m benchmarks.run            # full run, about 7 minutes
-    python -m benchmarks.run --quick    # about 3.5 minutes, shorter windows
+    python -m benchmarks.run            # full run, 22 runs, about 5 minutes
+    python -m benchmarks.run --quick    # about 3 minutes, shorter windows
     python -m benchmarks.run --only redis-hit,l1-hit,redis-hit-50k --no-gc --no-profile
 
 The server runs on core 0, the load generator and our own redis-server on core 1, all on loopback. Two
