@@ -7,14 +7,12 @@ import datetime
 import importlib.metadata
 import os
 import platform
-import pstats
 import subprocess
 import sys
-from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
-from benchmarks.apps import SCENARIOS
+from benchmarks.apps import GROUPS, SCENARIOS
+from benchmarks.profiles import profile_section
 
 PACKAGES = (
     "redis-cache-middleware",
@@ -32,21 +30,9 @@ PACKAGES = (
     "fastapi-cache2",
     "cashews",
     "hishel",
+    "fastapi-redis-sdk",
     "matplotlib",
 )
-LIBRARIES: tuple[str, ...] = (
-    "redis",
-    "hiredis",
-    "starlette",
-    "fastapi",
-    "uvicorn",
-    "pydantic",
-    "anyio",
-    "asyncio",
-    "uvloop",
-)
-LIBRARIES += ("httptools", "h11", "fastapi_cache", "cashews", "hishel", "sklearn", "numpy", "orjson")
-OURS = "redis_cache_middleware/"
 
 
 def _version(name: str) -> str:
@@ -130,9 +116,6 @@ def _errors(result: dict[str, Any]) -> int:
 
 def markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
-    results = _by_label(data)
-    base = results.get("no-middleware", {}).get("rps")
-    constant = results.get("fastapi-constant", {}).get("rps")
     lines = [
         "## Results",
         "",
@@ -142,27 +125,14 @@ def markdown(data: dict[str, Any]) -> str:
         f"per scenario; code at {m['git']}; whole run {m['total_run_s']:g} s; 1-minute load average "
         f"{m.get('load_average_at_start', 0):.2f} at the start, {m['load_average_at_end']:.2f} at the end.",
         "",
-        "| scenario | what runs | req/s | p50 ms | p99 ms | vs no-middleware | vs FastAPI constant "
-        "| Redis cmds/req | server CPU µs/req | our cache: hit / miss / bypass | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "Every iris scenario runs the same app (model, embedder, numpy, scikit-learn, FastAPI loaded), so "
+        "each group's ratios are to a constant `async def` route with the same heap: req/s above 1x and p99 "
+        "below 1x beat it. A cache hit's target is a p99 at most 2x the constant route's.",
     ]
-    for run in _main_runs(data):
-        result = run["result"]
-        name = run["label"]
-        description = SCENARIOS[run["scenario"]].description
-        if not _ok(run):
-            reason = result.get("skipped") or result.get("failed")
-            lines.append(f"| {name} | {description} | not run: {reason} | | | | | | | | |")
-            continue
-        rps = result["rps"]
-        server = result.get("server", {})
-        cpu_us = server.get("cpu_s", 0) * 1e6 / result["requests"] if result["requests"] else None
-        lines.append(
-            f"| {name} | {description} | {rps:,.0f} | {result['p50']:.2f} | {result['p99']:.2f} "
-            f"| {_ratio(rps, base)} | {_ratio(rps, constant)} "
-            f"| {_fmt(result.get('redis_commands_per_request'), 2)} | {_fmt(cpu_us, 0)} "
-            f"| {outcomes(server)} | {_errors(result)} |"
-        )
+    for group in GROUPS:
+        table = group_table(data, group)
+        if table:
+            lines += ["", *table]
     warnings = [f"- {r['label']}: {r['result']['warning']}" for r in data["runs"] if "warning" in r["result"]]
     if warnings:
         lines += ["", "Warnings:", *warnings]
@@ -170,6 +140,42 @@ def markdown(data: dict[str, Any]) -> str:
     packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
     lines += ["", f"Packages: {packages}."]
     return "\n".join(lines) + "\n"
+
+
+def group_table(data: dict[str, Any], group: str) -> list[str]:
+    """The heading and table of one group's main runs (none: no lines), ratios to the group's reference."""
+    runs = [r for r in _main_runs(data) if SCENARIOS[r["scenario"]].group == group]
+    if not runs:
+        return []
+    spec = GROUPS[group]
+    results = _by_label(data)
+    reference, uncached = results.get(spec.reference, {}), results.get(spec.uncached, {})
+    lines = [
+        f"### {spec.title}",
+        "",
+        f"| scenario | what runs | req/s | p50 ms | p99 ms | req/s vs {spec.reference} "
+        f"| p99 vs {spec.reference} | req/s vs {spec.uncached} | Redis cmds/req | body bytes "
+        "| server CPU µs/req | our cache: hit / miss / bypass | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for run in runs:
+        result, name = run["result"], run["label"]
+        description = SCENARIOS[run["scenario"]].description
+        if not _ok(run):
+            reason = result.get("skipped") or result.get("failed")
+            lines.append(f"| {name} | {description} | not run: {reason} |" + " |" * 10)
+            continue
+        rps, p99 = result["rps"], result["p99"]
+        server = result.get("server", {})
+        cpu_us = server.get("cpu_s", 0) * 1e6 / result["requests"] if result["requests"] else None
+        lines.append(
+            f"| {name} | {description} | {rps:,.0f} | {result['p50']:.2f} | {p99:.2f} "
+            f"| {_ratio(rps, reference.get('rps'))} | {_ratio(p99, reference.get('p99'))} "
+            f"| {_ratio(rps, uncached.get('rps'))} | {_fmt(result.get('redis_commands_per_request'), 2)} "
+            f"| {_fmt(result.get('body_bytes'), 0)} | {_fmt(cpu_us, 0)} | {outcomes(server)} "
+            f"| {_errors(result)} |"
+        )
+    return lines
 
 
 def outcomes(server: dict[str, Any]) -> str:
@@ -227,202 +233,3 @@ def hitpath_section(data: dict[str, Any]) -> list[str]:
         "",
         data["hitpath"].rstrip("\n"),
     ]
-
-
-# --- profiles -------------------------------------------------------------------------------------
-
-
-def _area(filename: str) -> str:
-    if OURS in filename:
-        return "ours: " + filename.split(OURS, 1)[1]
-    if "benchmarks/" in filename:
-        return "benchmark harness"
-    parts = filename.replace("\\", "/").split("/")
-    for library in LIBRARIES:
-        if library in parts:
-            return library
-    return "other"
-
-
-def profile_split(path: Path, requests: int) -> dict[str, Any]:
-    """Self time by area (C functions charged to their Python callers) and our functions, µs per request."""
-    stats = pstats.Stats(str(path))
-    entries: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    total = sum(tt for (_, _, tt, _, _) in entries.values())
-    areas: dict[str, float] = defaultdict(float)
-    for (filename, _, _), (_, _, tt, _, callers) in entries.items():
-        if filename != "~" or not callers:
-            areas[_area(filename)] += tt
-            continue
-        called = sum(c[2] for c in callers.values()) or 1.0
-        for (caller_file, _, _), caller in callers.items():
-            areas[_area(caller_file)] += tt * caller[2] / called
-    ours = []
-    for (filename, line, function), (_, nc, tt, ct, _) in entries.items():
-        if OURS in filename:
-            short = filename.split(OURS, 1)[1]
-            ours.append(
-                (f"{short}:{line} {function}", nc / requests, tt * 1e6 / requests, ct * 1e6 / requests)
-            )
-    ours.sort(key=lambda row: -row[3])
-    per_request = total * 1e6 / requests
-    return {
-        "total_us_per_request": per_request,
-        "areas": sorted(((a, t * 1e6 / requests) for a, t in areas.items()), key=lambda x: -x[1]),
-        "ours": ours,
-    }
-
-
-def profile_text(path: Path, out: Path, top: int = 30) -> None:
-    """pstats' own listing, by cumulative and by self time, next to the .prof file."""
-    import io
-
-    buffer = io.StringIO()
-    stats = pstats.Stats(str(path), stream=buffer).strip_dirs()
-    buffer.write(f"=== top {top} by cumulative time ===\n")
-    stats.sort_stats("cumulative").print_stats(top)
-    buffer.write(f"\n=== top {top} by self time (tottime) ===\n")
-    stats.sort_stats("tottime").print_stats(top)
-    out.write_text(buffer.getvalue())
-
-
-def _top(path: Path, key: str, count: int, requests: int) -> list[str]:
-    stats = pstats.Stats(str(path))
-    entries: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    index = 3 if key == "cumulative" else 2
-    rows = sorted(entries.items(), key=lambda item: -item[1][index])[:count]
-    out = []
-    for (filename, line, function), (_, nc, tt, ct, _) in rows:
-        where = "built-in" if filename == "~" else f"{_short(filename)}:{line}"
-        out.append(
-            f"| `{function}` | {where} | {nc / requests:.2f} | {tt * 1e6 / requests:.1f} "
-            f"| {ct * 1e6 / requests:.1f} |"
-        )
-    return out
-
-
-def _short(filename: str) -> str:
-    if OURS in filename:
-        return OURS + filename.split(OURS, 1)[1]
-    marker = "site-packages/"
-    if marker in filename:
-        return filename.split(marker, 1)[1]
-    return "/".join(filename.split("/")[-2:])
-
-
-def profile_section(data: dict[str, Any]) -> list[str]:
-    runs = [r for r in data["runs"] if r["profile"] and _ok(r) and r["result"].get("profile_file")]
-    if not runs:
-        return []
-    lines = [
-        "### Profiles (cProfile on the server's event loop during the window; µs per request)",
-        "",
-        "cProfile adds its own cost to every Python call, so absolute numbers are inflated (compare",
-        "`profiled µs/req` with the unprofiled `server CPU µs/req` above); the shares are what matter.",
-    ]
-    for run in runs:
-        path = Path(run["result"]["profile_file"])
-        requests = run["result"]["requests"]
-        if not path.exists() or not requests:
-            continue
-        profile_text(path, path.with_suffix(".txt"))
-        split = profile_split(path, requests)
-        lines += [
-            "",
-            f"#### {run['scenario']}: {run['result']['rps']:,.0f} req/s under the profiler, "
-            f"{split['total_us_per_request']:.0f} profiled µs/req",
-            "",
-            "Self time by area (C functions such as `blake2b` or `orjson.loads` charged to their caller):",
-            "",
-            "| area | µs/req | share |",
-            "| --- | ---: | ---: |",
-        ]
-        total = split["total_us_per_request"] or 1.0
-        for area, us in split["areas"][:14]:
-            lines.append(f"| {area} | {us:.1f} | {us / total:.0%} |")
-        lines += [
-            "",
-            "Our functions (calls/req, self µs/req, cumulative µs/req):",
-            "",
-            "| function | calls/req | self µs | cumulative µs |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        for name, calls, tt, ct in split["ours"][:20]:
-            lines.append(f"| `{name}` | {calls:.2f} | {tt:.1f} | {ct:.1f} |")
-        for key in ("cumulative", "tottime"):
-            lines += [
-                "",
-                f"Top 15 by {key}:",
-                "",
-                "| function | where | calls/req | self µs | cumulative µs |",
-                "| --- | --- | ---: | ---: | ---: |",
-                *_top(path, key, 15, requests),
-            ]
-    return lines
-
-
-# --- chart ----------------------------------------------------------------------------------------
-
-
-def chart(data: dict[str, Any], out: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no chart (pip install -e '.[bench]')")
-        return None
-    runs = [r for r in _main_runs(data) if _ok(r)]
-    extra = [r for r in data["runs"] if r["gc_freeze"] and not r["profile"] and _ok(r)]
-    runs = list(reversed(runs + extra))
-    if not runs:
-        return None
-    labels = [r["label"] for r in runs]
-    colours = [_colour(r) for r in runs]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 0.45 * len(runs) + 2.2), sharey=True)
-    rps = [r["result"]["rps"] for r in runs]
-    left.barh(labels, rps, color=colours)
-    left.set_xscale("log")
-    left.set_xlabel("requests/s (log scale, higher is better)")
-    for y, value in enumerate(rps):
-        left.text(value, y, f" {value:,.0f}", va="center", fontsize=8)
-    left.set_xlim(right=max(rps) * 3)
-    p50 = [r["result"]["p50"] for r in runs]
-    p99 = [r["result"]["p99"] for r in runs]
-    positions = range(len(runs))
-    right.barh([p + 0.2 for p in positions], p50, height=0.4, color="#7fa7d9", label="p50")
-    right.barh([p - 0.2 for p in positions], p99, height=0.4, color="#e07b54", label="p99")
-    right.set_xscale("log")
-    right.set_xlabel("latency, ms (log scale, lower is better)")
-    right.legend(loc="lower right")
-    from matplotlib.patches import Patch
-
-    kinds = [
-        ("#4a7fc1", "our cache"),
-        ("#b05050", "no cache"),
-        ("#c9b458", "constant baselines"),
-        ("#9b9b9b", "other caches"),
-    ]
-    left.legend(handles=[Patch(color=c, label=t) for c, t in kinds], loc="upper right", fontsize=8)
-    m = data["machine"]
-    fig.suptitle(
-        f"{m['cpu']}, {m['cores']} cores; uvicorn {m['uvicorn']}; {m['connections']} connections; "
-        f"{m['load_generator']}",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def _colour(run: dict[str, Any]) -> str:
-    scenario = SCENARIOS[run["scenario"]]
-    if scenario.peer:
-        return "#9b9b9b"
-    if run["scenario"] in ("fastapi-constant", "raw-asgi"):
-        return "#c9b458"
-    if run["scenario"] == "no-middleware":
-        return "#b05050"
-    return "#4a7fc1"

@@ -1,10 +1,12 @@
 """Run every scenario and write the table, the chart and the profiles to benchmarks/results/.
 
-    python -m benchmarks.run            # full run, about 4-5 minutes
-    python -m benchmarks.run --quick    # about 1.5 minutes, shorter windows
-    python -m benchmarks.run --only redis-hit,l1-hit --no-gc --no-profile
+    python -m benchmarks.run            # full run, 22 runs, about 5 minutes
+    python -m benchmarks.run --quick    # about 3 minutes, shorter windows
+    python -m benchmarks.run --only redis-hit,l1-hit,redis-hit-50k --no-gc --no-profile
 
-The server runs on core 0, the load generator and our own redis-server on core 1, all on loopback.
+The server runs on core 0, the load generator and our own redis-server on core 1, all on loopback. Two
+groups of scenarios: an 18-byte prediction and a ~50 KB embedding (benchmarks/apps.py, GROUPS); before
+and after each window the runner checks that the scenario answers its group's exact bytes.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from typing import Any
 
 import redis
 
+from benchmarks import chart as charts
 from benchmarks import loadgen, report
-from benchmarks.apps import HIT_PATH, SCENARIOS
+from benchmarks.apps import GROUPS, SCENARIOS, Scenario
 from benchmarks.hitpath import run as hitpath_run
 from benchmarks.processes import LOAD_CORE, SERVER_CORE, free_port, pinned, private_redis
 
@@ -37,15 +40,57 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ADMIN_COMMANDS = ("info", "config", "ping", "client", "hello", "select", "command", "subscribe", "script")
 
 
-def get(port: int, path: str) -> tuple[int, dict[str, str]]:
+def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
-        response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
     finally:
         connection.close()
+
+
+def check(port: int, scenario: Scenario, path: str | None = None) -> list[Any]:
+    """[status, the scenario's cache header, body length, whether the body is the group's answer]."""
+    status, headers, body = get(port, path or scenario.path)
+    return [status, headers.get(scenario.cache_header), len(body), same_answer(body, scenario.group)]
+
+
+def same_answer(body: bytes, group: str) -> bool:
+    """Whether `body` is the group's answer: the same bytes, or the same JSON written otherwise (a peer that
+    re-serialises floats with `json.dumps` writes `-8.8149e-05` where Pydantic writes `-0.000088149`)."""
+    expected = GROUPS[group].body()
+    if body == expected:
+        return True
+    try:
+        return bool(json.loads(body) == json.loads(expected))
+    except ValueError:
+        return False
+
+
+def problems(scenario: Scenario, checks: dict[str, Any], commands_per_request: float | None) -> list[str]:
+    """What makes a run's figures untrustworthy: a wrong body, a missing hit or miss, a peer that stored
+    nothing, more Redis commands per request than the scenario allows."""
+    found = []
+    expected = GROUPS[scenario.group].body()
+    for attempt in ("first", "second", "after"):
+        size = checks[attempt][2]
+        if not checks[attempt][3]:
+            found.append(
+                f"the {attempt} response ({size} bytes) is not the group's {len(expected)}-byte answer"
+            )
+    wanted = scenario.expect_cache
+    if wanted == "HIT" and (checks["second"][1] != "HIT" or checks["after"][1] != "HIT"):
+        found.append(f"expected {scenario.cache_header} HIT, got {checks}")
+    if wanted == "MISS" and checks["unique"][1] != "MISS":
+        found.append(f"expected {scenario.cache_header} MISS, got {checks}")
+    if scenario.peer and checks["redis_keys_after_priming"] == 0:
+        found.append("the peer cache stored nothing in Redis")
+    limit = scenario.max_commands
+    if limit is not None and commands_per_request is not None and commands_per_request > limit + 0.01:
+        found.append(f"{commands_per_request:.2f} Redis commands per request, more than {limit:g}")
+    return found
 
 
 def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
@@ -54,7 +99,7 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 90)
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
         with contextlib.suppress(OSError, http.client.HTTPException):
-            if get(port, "/health")[0] in (200, 404):  # the constant apps have no /health
+            if get(port, "/health")[0] in (200, 404):  # raw-asgi has no /health
                 return
         time.sleep(0.1)
     raise RuntimeError("server did not answer in time")
@@ -111,16 +156,12 @@ def run_one(
         command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned(SERVER_CORE)
     )
     generate = loadgen.run_wrk if args.loadgen == "wrk" else loadgen.run_python
-    url = f"http://127.0.0.1:{port}{HIT_PATH}"
+    url = f"http://127.0.0.1:{port}{scenario.path}"
     try:
         wait_ready(port, server)
-        checks: dict[str, Any] = {}
-        for attempt in ("first", "second"):
-            status, headers = get(port, HIT_PATH)
-            checks[attempt] = [status, headers.get("x-cache")]
+        checks: dict[str, Any] = {attempt: check(port, scenario) for attempt in ("first", "second")}
         if scenario.unique:
-            status, headers = get(port, next(loadgen.unique_paths(90000 + run_id)))
-            checks["unique"] = [status, headers.get("x-cache")]
+            checks["unique"] = check(port, scenario, next(loadgen.unique_paths(90000 + run_id)))
         checks["redis_keys_after_priming"] = client.dbsize()
         options: dict[str, Any] = {"connections": args.connections, "unique": scenario.unique}
         if args.loadgen == "wrk":
@@ -138,22 +179,19 @@ def run_one(
             if time.monotonic() > deadline:
                 raise RuntimeError("server wrote no stats")
             time.sleep(0.05)
-        status, headers = get(port, HIT_PATH)
-        checks["after"] = [status, headers.get("x-cache")]
+        checks["after"] = check(port, scenario)
         server_stats = json.loads(stats_file.read_text())
+        per_request = commands / measured["requests"] if measured["requests"] else None
         run.result = {
             **measured,
-            "redis_commands_per_request": commands / measured["requests"] if measured["requests"] else None,
+            "redis_commands_per_request": per_request,
+            "body_bytes": checks["second"][2],
             "checks": checks,
             "server": server_stats,
         }
-        expected = scenario.expect_cache
-        if expected == "HIT" and (checks["second"][1] != "HIT" or checks["after"][1] != "HIT"):
-            run.result["warning"] = f"expected X-Cache HIT, got {checks}"
-        if expected == "MISS" and checks["unique"][1] != "MISS":
-            run.result["warning"] = f"expected X-Cache MISS, got {checks}"
-        if scenario.peer and checks["redis_keys_after_priming"] == 0:
-            run.result["warning"] = "the peer cache stored nothing in Redis"
+        found = problems(scenario, checks, per_request)
+        if found:
+            run.result["warning"] = "; ".join(found)
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGINT)
@@ -189,7 +227,12 @@ def peer_missing(name: str) -> str | None:
     peer = SCENARIOS[name].peer
     if peer is None:
         return None
-    module = {"fastapi-cache2": "fastapi_cache", "cashews": "cashews", "hishel": "hishel.asgi"}[peer]
+    module = {
+        "fastapi-cache2": "fastapi_cache",
+        "cashews": "cashews",
+        "hishel": "hishel.asgi",
+        "fastapi-redis-sdk": "redis_fastapi",
+    }[peer]
     try:
         __import__(module)
     except ImportError as exc:
@@ -256,10 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     (RESULTS / "results.json").write_text(json.dumps(data, indent=1, default=str))
     markdown = report.markdown(data)
     (RESULTS / "results.md").write_text(markdown)
-    chart = report.chart(data, RESULTS / "benchmark.png")
+    png = charts.chart(data, RESULTS / "benchmark.png")
     print()
     print(markdown)
-    print(f"written: {RESULTS / 'results.md'}, {RESULTS / 'results.json'}" + (f", {chart}" if chart else ""))
+    print(f"written: {RESULTS / 'results.md'}, {RESULTS / 'results.json'}" + (f", {png}" if png else ""))
 
 
 def redis_url_version() -> str:
