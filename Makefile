@@ -54,6 +54,7 @@ bench: $(STAMP) redis-server
 	$(PY) -m pip install -q -e ".[demo,bench]"
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q wrk; } || echo "no wrk: using the Python load generator"
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.readme
 	$(PY) -m benchmarks.workload --chart docs/workload.png
 
 lint: $(STAMP)

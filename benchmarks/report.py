@@ -206,20 +206,28 @@ def gc_section(data: dict[str, Any]) -> list[str]:
     lines = [
         "### Garbage collection",
         "",
+        "Collections per 10,000 requests by generation (young gen0/gen1, full gen2), and their pauses.",
+        "",
         "| run | gc.freeze | tracked objects | frozen | p50 ms | p99 ms | p99.9 ms | max ms "
-        "| gen2 collections | gen2 max ms | gen2 total ms | gen0+1 total ms |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| gen0 / gen1 / gen2 per 10k req | gen2 collections | gen2 max ms | gen2 total ms "
+        "| gen0+1 total ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in rows:
         result, server = run["result"], run["result"].get("server", {})
         gc = server.get("gc", {})
         gen2 = gc.get("gen2", {})
         young = gc.get("gen0", {}).get("total_ms", 0) + gc.get("gen1", {}).get("total_ms", 0)
+        requests = result.get("requests") or 0
+        per_10k = " / ".join(
+            f"{gc.get(f'gen{g}', {}).get('count', 0) * 10_000 / requests:.1f}" if requests else "-"
+            for g in (0, 1, 2)
+        )
         lines.append(
             f"| {run['label']} | {'yes' if run['gc_freeze'] else 'no'} "
             f"| {server.get('tracked_objects', 0):,} "
             f"| {server.get('frozen_objects', 0):,} | {result['p50']:.2f} | {result['p99']:.2f} "
-            f"| {result['p999']:.2f} | {result['max']:.2f} | {gen2.get('count', 0)} "
+            f"| {result['p999']:.2f} | {result['max']:.2f} | {per_10k} | {gen2.get('count', 0)} "
             f"| {gen2.get('max_ms', 0):.1f} | {gen2.get('total_ms', 0):.1f} | {young:.1f} |"
         )
     return lines

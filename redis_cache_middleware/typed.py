@@ -29,6 +29,7 @@ Pairs = Sequence[tuple[bytes, bytes]]
 JsonCanon = Callable[[Any, "int | None"], Any]
 _SCALARS = (float, int, bool, type(None))
 _MAX_INT = 2**63
+_QUERY_MEMO_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class RouteCanon:
     query: dict[bytes, Callable[[Any], Any]] = field(default_factory=dict)
     body: JsonCanon | None = None
     round_floats: int | None = None
+    # Canonical text of query values already seen, by parameter: the same inputs come back again and
+    # again, and validating them costs more than the rest of the key. Bytes only, so the garbage
+    # collector never tracks these dicts; each is emptied when it reaches _QUERY_MEMO_SIZE.
+    _seen: dict[bytes, dict[bytes, bytes]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def with_rounding(self, places: int | None) -> RouteCanon:
         """The same canonicalisers with floats rounded to `places` decimals (None: exact)."""
@@ -66,13 +73,23 @@ class RouteCanon:
         out: list[tuple[bytes, bytes]] = []
         for name, raw in pairs:
             validate = self.query.get(name)
-            value = _UNPROVEN
-            if validate is not None:
+            if validate is None:
+                out.append((name, raw))
+                continue
+            seen = self._seen.get(name)
+            if seen is None:
+                seen = self._seen[name] = {}
+            canonical = seen.get(raw)
+            if canonical is None:
                 try:
                     value = _validated(validate, raw.decode(), self.round_floats)
                 except UnicodeDecodeError:
                     value = _UNPROVEN
-            out.append((name, raw if value is _UNPROVEN else orjson.dumps(value)))
+                canonical = raw if value is _UNPROVEN else orjson.dumps(value)
+                if len(seen) >= _QUERY_MEMO_SIZE:
+                    seen.clear()
+                seen[raw] = canonical
+            out.append((name, canonical))
         return out
 
     def canonical_json(self, value: Any) -> Any:

@@ -89,3 +89,12 @@ def test_each_group_is_compared_with_its_own_constant_route() -> None:
     assert "| 0.50x | 3.00x |" in hit
     assert "| 0.50x | 2.00x |" in hit_50k
     assert "p99 vs constant-50k" in big[2]
+
+
+def test_make_bench_rewrites_only_the_readme_speed_block() -> None:
+    from benchmarks.readme import END, START, replace_block
+
+    text = f"# title\nbefore\n{START}\nold table\n{END}\nafter\n"
+    assert replace_block(text, ["| new |"]) == f"# title\nbefore\n{START}\n| new |\n{END}\nafter\n"
+    with pytest.raises(ValueError, match="no"):
+        replace_block("# a README without the markers\n", ["| new |"])

@@ -217,6 +217,22 @@ def test_round_floats_is_an_opt_in_approximation() -> None:
             Q.with_rounding(bad)  # type: ignore[arg-type]
 
 
+def test_remembered_query_values_give_the_same_forms_and_stay_bounded() -> None:
+    """Canonical forms are remembered per value (validation is the costly part of a key); the memory is
+    per canonicaliser (a rounding variant has its own) and bounded."""
+    from redis_cache_middleware import typed
+
+    canon = _canon("GET", "/q").with_rounding(None)
+    assert _query(canon, x="5.10", n="07") == {"x": "5.1", "n": "7"}
+    assert _query(canon, x="5.10", n="07") == {"x": "5.1", "n": "7"}  # from memory, the same
+    assert _query(canon.with_rounding(0), x="5.10") == {"x": "5.0"}
+    assert _query(canon, x="5.10") == {"x": "5.1"}
+    for i in range(typed._QUERY_MEMO_SIZE + 10):
+        _query(canon, x=f"{i}.50")
+    assert _query(canon, x="7.50") == {"x": "7.5"}
+    assert max(len(seen) for seen in canon._seen.values()) <= typed._QUERY_MEMO_SIZE
+
+
 # --- the property: a shared canonical form means the endpoint received equal arguments -------------------
 
 _NUMBER_TEXT = st.one_of(
