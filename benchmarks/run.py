@@ -212,7 +212,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
         raise SystemExit(f"unknown scenarios {unknown}; choose among {list(SCENARIOS)}")
     runs = [Run(name, name) for name in names if not (args.skip_peers and SCENARIOS[name].peer)]
     if not args.no_gc:
-        for name in ("redis-hit", "l1-hit"):
+        for name in ("redis-hit", "l1-hit", "redis-hit-50k"):
             if name in names:
                 runs.append(Run(name, f"{name}+gc.freeze", gc_freeze=True))
     if not args.no_profile:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import shutil
@@ -139,10 +138,6 @@ def main() -> None:
             port,
         )
         logger.info("cache dashboard: http://%s:%d/cache/", shown_host, port)
-        # FastAPI, pydantic and scikit-learn leave ~140k long-lived objects that every full collection walks
-        # (75-120 ms pauses, longer than the cache timeout); frozen, those pauses stay near 1 ms.
-        gc.collect()
-        gc.freeze()
         with suppress(KeyboardInterrupt):
             uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
 
