@@ -24,7 +24,8 @@ def speed_block(data: dict[str, Any]) -> list[str]:
     runs = {r["label"]: r for r in data["runs"] if "rps" in r["result"]}
     lines = [
         f"Measured by `make bench` on {m['date']} ({m['cores']} cores, {m['connections']} connections, "
-        f"{m['duration_s']:g} s per scenario, code at {m['git']}). Every app has the same heap (the model "
+        f"{m.get('reps', 1)} interleaved repetitions of {m['duration_s']:g} s per scenario, medians; code at "
+        f"{m['git']}). Every app has the same heap (the model "
         "and the embedder loaded); ratios are to a constant route of that app.",
     ]
     for group, spec in GROUPS.items():

@@ -76,6 +76,7 @@ def machine(args: argparse.Namespace, redis_version: str, wrk_version: str | Non
         "connections": args.connections,
         "warmup_s": args.warmup,
         "duration_s": args.duration,
+        "reps": args.reps,
         "git": _git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if changed else ""),
         "uncommitted": changed,
         "load_average_at_end": os.getloadavg()[0],
@@ -121,7 +122,8 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"{m['date']}; {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; Python {m['python']}; "
         f"uvicorn {m['uvicorn']}; redis-server {m['redis_server']}; load: {m['load_generator']}, "
-        f"{m['connections']} connections, {m['warmup_s']:g} s warm-up then {m['duration_s']:g} s measured "
+        f"{m['connections']} connections, {m['warmup_s']:g} s warm-up then {m['duration_s']:g} s measured, "
+        f"{m.get('reps', 1)} interleaved repetitions (medians; counts summed) "
         f"per scenario; code at {m['git']}; whole run {m['total_run_s']:g} s; 1-minute load average "
         f"{m.get('load_average_at_start', 0):.2f} at the start, {m['load_average_at_end']:.2f} at the end.",
         "",

@@ -1,7 +1,7 @@
 """Run every scenario and write the table, the chart and the profiles to benchmarks/results/.
 
-    python -m benchmarks.run            # full run, 22 runs, about 5 minutes
-    python -m benchmarks.run --quick    # about 3 minutes, shorter windows
+    python -m benchmarks.run            # full run: 3 interleaved repetitions, about 14 minutes
+    python -m benchmarks.run --quick    # one repetition, shorter windows: about 3 minutes
     python -m benchmarks.run --only redis-hit,l1-hit,redis-hit-50k --no-gc --no-profile
 
 The server runs on core 0, the load generator and our own redis-server on core 1, all on loopback. Two
@@ -33,6 +33,7 @@ from benchmarks import loadgen, report
 from benchmarks.apps import GROUPS, SCENARIOS, Scenario
 from benchmarks.hitpath import run as hitpath_run
 from benchmarks.processes import LOAD_CORE, SERVER_CORE, free_port, pinned, private_redis
+from benchmarks.reps import combine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -133,7 +134,7 @@ def run_one(
     scenario = SCENARIOS[run.scenario]
     client.flushall()
     port = free_port()
-    stats_file = work / f"{run.label}.stats.json"
+    stats_file = work / f"{run.label}.{run_id}.stats.json"
     profile_file = RESULTS / f"profile-{run.scenario}.prof"
     command = [
         sys.executable,
@@ -151,7 +152,7 @@ def run_one(
         command.append("--gc-freeze")
     if run.profile:
         command += ["--profile", str(profile_file)]
-    log = (work / f"{run.label}.log").open("wb")
+    log = (work / f"{run.label}.{run_id}.log").open("wb")
     server = subprocess.Popen(
         command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinned(SERVER_CORE)
     )
@@ -244,9 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="1 s warm-up and 3 s windows")
-    parser.add_argument("--warmup", type=float, help="seconds of load before each window (default 2)")
-    parser.add_argument("--duration", type=float, help="seconds measured per scenario (default 8)")
+    parser.add_argument("--quick", action="store_true", help="one repetition, 1 s warm-up and 3 s windows")
+    parser.add_argument("--warmup", type=float, help="seconds of load before each window (default 1)")
+    parser.add_argument("--duration", type=float, help="seconds measured per repetition (default 4)")
+    parser.add_argument("--reps", type=int, help="repetitions of every scenario, interleaved (default 3)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--only", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
     parser.add_argument("--skip-peers", action="store_true", help="leave out the other caches")
@@ -255,8 +257,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-hitpath", action="store_true", help="leave out the in-process step timings")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     args = parser.parse_args(argv)
-    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
-    args.duration = args.duration if args.duration is not None else (3.0 if args.quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else 1.0
+    args.duration = args.duration if args.duration is not None else (3.0 if args.quick else 4.0)
+    args.reps = args.reps if args.reps is not None else (1 if args.quick else 3)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
     if args.loadgen == "auto":
         args.loadgen = "wrk" if loadgen.wrk_available() else "python"
     pin_self = pinned(LOAD_CORE)
@@ -270,19 +275,28 @@ def main(argv: list[str] | None = None) -> None:
     hitpath = ""
     with tempfile.TemporaryDirectory(prefix="rcm-bench-") as folder, private_redis() as (redis_url, client):
         work = Path(folder)
-        for number, run in enumerate(runs, start=1):
-            missing = peer_missing(run.scenario)
-            if missing:
-                run.result = {"skipped": missing}
-                print(f"[{number}/{len(runs)}] {run.label}: skipped, {missing}", flush=True)
-                continue
-            try:
-                run_one(run, redis_url, client, args, work, run_id=number)
-            except Exception as exc:  # one broken scenario must not lose the others
-                logs = work / f"{run.label}.log"
-                tail = logs.read_text(errors="replace")[-2000:] if logs.exists() else ""
-                run.result = {"failed": repr(exc), "log": tail}
-            print(f"[{number}/{len(runs)}] {report.one_line(run.label, run.result)}", flush=True)
+        measured: dict[str, list[dict[str, Any]]] = {run.label: [] for run in runs}
+        total = sum(1 if run.profile else args.reps for run in runs)
+        number = 0
+        for rep in range(args.reps):  # interleaved: every scenario once, then every scenario again
+            for run in runs:
+                if run.profile and rep > 0:
+                    continue
+                number += 1
+                missing = peer_missing(run.scenario)
+                if missing:
+                    run.result = {"skipped": missing}
+                else:
+                    try:
+                        run_one(run, redis_url, client, args, work, run_id=number)
+                    except Exception as exc:  # one broken scenario must not lose the others
+                        logs = work / f"{run.label}.{number}.log"
+                        tail = logs.read_text(errors="replace")[-2000:] if logs.exists() else ""
+                        run.result = {"failed": repr(exc), "log": tail}
+                measured[run.label].append(run.result)
+                print(f"[{number}/{total}] {report.one_line(run.label, run.result)}", flush=True)
+        for run in runs:
+            run.result = combine(measured[run.label])
         if not args.no_hitpath:
             try:
                 hitpath = hitpath_run(redis_url, 1000 if args.quick else 3000)

@@ -98,3 +98,34 @@ def test_make_bench_rewrites_only_the_readme_speed_block() -> None:
     assert replace_block(text, ["| new |"]) == f"# title\nbefore\n{START}\n| new |\n{END}\nafter\n"
     with pytest.raises(ValueError, match="no"):
         replace_block("# a README without the markers\n", ["| new |"])
+
+
+def test_repetitions_give_medians_and_summed_counts() -> None:
+    from benchmarks.reps import combine
+
+    def rep(rps: float, p99: float, gen2: int, warning: str | None = None) -> dict[str, Any]:
+        gc = {
+            g: {"count": n, "total_ms": 100.0 * n, "max_ms": 100.0 if n else 0.0}
+            for g, n in (("gen0", 10), ("gen1", 1), ("gen2", gen2))
+        }
+        result: dict[str, Any] = {
+            "rps": rps,
+            "p50": 1.0,
+            "p99": p99,
+            "max": p99 * 2,
+            "requests": int(rps * 4),
+            "errors": {"read": 1},
+            "server": {"cpu_s": 1.0, "window_s": 4.0, "gc": gc},
+        }
+        if warning:
+            result["warning"] = warning
+        return result
+
+    combined = combine([rep(100, 50.0, 1), rep(300, 10.0, 0, "slow"), rep(200, 20.0, 0), {"failed": "x"}])
+    assert combined["rps"] == 200 and combined["p99"] == 20.0  # medians, not a mean dragged by one run
+    assert combined["max"] == 100.0  # the worst of all
+    assert combined["requests"] == 2400 and combined["errors"] == {"read": 3}
+    assert combined["server"]["gc"]["gen2"] == {"count": 1, "total_ms": 100.0, "max_ms": 100.0}
+    assert combined["server"]["cpu_s"] == 3.0
+    assert "1 of 4 repetitions failed" in combined["warning"] and "slow" in combined["warning"]
+    assert combine([{"skipped": "not installed"}]) == {"skipped": "not installed"}
