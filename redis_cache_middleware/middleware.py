@@ -21,6 +21,7 @@ from .config import CacheConfig, credential_names, signing_key_bytes, targeted_n
 from .decision import Decision, Hit, OnlyIfCached, Revalidate, Stale, bypass_reason, decide
 from .described import described_digest
 from .detach import wait_for_background
+from .heap import freezing_startup
 from .keys import KeySpace, request_digest
 from .metrics import Metrics
 from .miss import refresh, run_miss
@@ -43,7 +44,8 @@ class CacheMiddleware:
 
     Give either `redis_url` (a client is made with `timeout` as its bound and no retries) or `backend`.
     Keys read `{prefix}:{namespace}:{version}:{rule}:{digest}`; a new `version` orphans every old entry.
-    `timeout` also bounds the backend time of one request in total.
+    `timeout` also bounds the backend time of one request in total. `freeze_startup_heap` calls
+    `gc.freeze()` when the app's lifespan start-up completes (heap.py: the switch for tail latency).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class CacheMiddleware:
         typed_keys: bool = True,
         targeted_fields: Sequence[str] = DEFAULT_TARGETED_FIELDS,
         forward_targeted: bool = False,
+        freeze_startup_heap: bool = False,
     ) -> None:
         if (redis_url is None) == (backend is None):
             raise ValueError("CacheMiddleware needs exactly one of redis_url= or backend=")
@@ -122,6 +125,7 @@ class CacheMiddleware:
         )
         self.upkeep = Upkeep(self.cache, self.metrics)
         self.typed_keys = typed_keys
+        self.freeze_startup_heap = freeze_startup_heap
         self._route_types: RouteTypes | None = None
         self._canons: dict[tuple[str, str], RouteCanon | None] = {}
         self._budget = float(getattr(store, "timeout", math.inf))
@@ -137,6 +141,8 @@ class CacheMiddleware:
         if not self._registered:
             self._register(scope)
         if scope["type"] != "http":
+            if scope["type"] == "lifespan" and self.freeze_startup_heap:
+                send = freezing_startup(send)
             await self.app(scope, receive, send)
             return
         method: str = scope["method"]
