@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -19,9 +18,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import pernode, purging
 from .base import BackendError, PartialBackendError
 from .clients import SINGLE_NODE_SCHEMES, Closer, client_for_url
 from .failures import MISCONFIGURED, failure_cause
+from .nodes import NodeCooldown, NodeCoolingDown
 from .pipeline import ConnectionReplaced, Pipeline, PipelineError, StillConnecting
 from .scripts import RELEASE
 
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 0.05
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_NODE_COOLDOWN = 1.0
-NODE_FAILURES_BEFORE_COOLDOWN = 3
 
 DEFAULT_PURGE_BATCH = 500
 _T = TypeVar("_T")
@@ -70,8 +70,7 @@ class RedisBackend:
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
         self.max_connections = max_connections
         self.node_cooldown = node_cooldown
-        self._node_failures: dict[str, int] = {}
-        self._down_until: dict[str, float] = {}
+        self._cooldown = NodeCooldown(node_cooldown)
         self._deadline = max(self.timeout, self.connect_timeout)
         self._slots = asyncio.Semaphore(max_connections)
         self._closers: list[Closer] = [client.aclose]
@@ -227,31 +226,12 @@ class RedisBackend:
     async def purge(self, pattern: str, *, batch: int = DEFAULT_PURGE_BATCH) -> int:
         """UNLINK every key matching the glob `pattern` (SCAN MATCH on every primary, `batch` keys at a
         time); the number deleted. Each SCAN and UNLINK is bounded like any call, not the whole purge."""
-        if batch < 1:
-            raise ValueError("purge batch must be at least 1")
-        deleted = 0
-        for node in await self._primaries():
-            cursor = 0
-            while True:
-                cursor, keys = await self._scan_step(node, cursor, pattern, batch)
-                deleted += await self._unlink(keys)
-                if cursor == 0:
-                    break
-        return deleted
+        return await purging.purge(self, pattern, batch)
 
     async def purge_set(self, set_key: str, *, batch: int = DEFAULT_PURGE_BATCH) -> int:
         """UNLINK every key listed in the set `set_key` (SSCAN, `batch` at a time), then the set; the
         number of listed keys deleted."""
-        if batch < 1:
-            raise ValueError("purge batch must be at least 1")
-        deleted, cursor = 0, 0
-        while True:
-            cursor, members = await self._sscan_step(set_key, cursor, batch)
-            deleted += await self._unlink(members)
-            if cursor == 0:
-                break
-        await self.delete([set_key])
-        return deleted
+        return await purging.purge_set(self, set_key, batch)
 
     async def memory_policy(self) -> tuple[int, str] | None:
         """Redis's `(maxmemory, maxmemory-policy)` by CONFIG GET (on a cluster, one node's), bounded like
@@ -330,17 +310,16 @@ class RedisBackend:
                     result = await command()
                 except (RedisConnectionError, RedisTimeoutError) as exc:
                     if node is not None and not isinstance(exc, MaxConnectionsError):
-                        self._node_failed(node)
+                        self._cooldown.failed(node)
                     raise
                 if node is not None:
-                    self._node_failures.pop(node, None)
-                    self._down_until.pop(node, None)
+                    self._cooldown.succeeded(node)
                 if self._down_cause is not None:
                     self._recovered()
                 return result
         except Exception as exc:
             reason = str(exc) or f"no reply within {self._deadline} s"
-            one_node = isinstance(exc, _NodeCoolingDown) or (
+            one_node = isinstance(exc, NodeCoolingDown) or (
                 node is not None and isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError)
             )
             error = PartialBackendError if one_node else BackendError
@@ -366,69 +345,15 @@ class RedisBackend:
         """Queue `add(pipe, i)` for every key in a pipeline per node and run the pipelines in parallel;
         the first reply of each key's commands, in key order. Some nodes failing: `PartialBackendError`.
         For layers built on this one."""
-        client = self.client
-        if not isinstance(client, RedisCluster):
-            everything = range(len(keys))
-            return await self._call(name, lambda: _run(client.pipeline(transaction=False), everything, add))
-        await self._call(name, lambda: self._cluster_node(None))
-        groups: dict[str, list[int]] = {}
-        for index, key in enumerate(keys):
-            node = client.get_node_from_key(key)
-            groups.setdefault(node.name if node is not None else "", []).append(index)
+        return await pernode.per_node(self, name, keys, add)
 
-        def node_call(group: list[int]) -> Awaitable[list[Any]]:
-            return self._call(name, lambda: _run(client.pipeline(), group, add), keys[group[0]])
-
-        outcomes = await asyncio.gather(*map(node_call, groups.values()), return_exceptions=True)
-        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        for failure in failures:
-            if not isinstance(failure, Exception):
-                raise failure
-            if not isinstance(failure, PartialBackendError) or len(failures) == len(outcomes) == 1:
-                raise failure
-        if failures:
-            failed = f"{len(failures)} of {len(outcomes)} nodes failed"
-            raise PartialBackendError(f"{name}: {failed}: {failures[0]}")
-        replies: list[Any] = [None] * len(keys)
-        for group, outcome in zip(groups.values(), outcomes, strict=True):
-            for index, reply in zip(group, cast(list[Any], outcome), strict=True):
-                replies[index] = reply
-        return replies
-
-    async def _primaries(self) -> list[ClusterNode | None]:
+    async def primaries(self) -> list[ClusterNode | None]:
         """The nodes to SCAN: every primary of a cluster; [None] for a single node."""
         client = self.client
         if not isinstance(client, RedisCluster):
             return [None]
         await self._call("CLUSTER SLOTS", lambda: self._cluster_node(None))
         return list(client.get_primaries())
-
-    async def _scan_step(
-        self, node: ClusterNode | None, cursor: int, pattern: str, batch: int
-    ) -> tuple[int, list[Any]]:
-        client = self.client
-        if node is None or not isinstance(client, RedisCluster):
-            found, keys = await self._call("SCAN", lambda: client.scan(cursor, match=pattern, count=batch))
-            return int(found), list(keys)
-        cursors, keys = await self._call(
-            "SCAN", lambda: client.scan(cursor, match=pattern, count=batch, target_nodes=node)
-        )
-        return int(cast(dict[str, int], cursors)[node.name]), list(keys)  # a cursor per node
-
-    async def _sscan_step(self, set_key: str, cursor: int, batch: int) -> tuple[int, list[Any]]:
-        client = self.client
-        found, members = await self._call(
-            "SSCAN",
-            lambda: client.sscan(set_key, cursor, count=batch),
-            set_key,
-        )
-        return int(found), list(members)
-
-    async def _unlink(self, keys: Sequence[Any]) -> int:
-        if not keys:
-            return 0
-        removed = await self._call("UNLINK", lambda: self.client.unlink(*keys))
-        return int(removed)
 
     async def _cluster_node(self, key: str | None) -> str | None:
         """The name of the cluster node serving `key` (None for a single node or no key).
@@ -447,37 +372,5 @@ class RedisBackend:
         node = client.get_node_from_key(key)
         if node is None:
             return None
-        until = self._down_until.get(node.name)
-        if until is not None:
-            now = time.monotonic()
-            if now < until:
-                raise _NodeCoolingDown(
-                    f"cluster node {node.name} failed less than {self.node_cooldown} s ago"
-                )
-            self._down_until[node.name] = now + self.node_cooldown
+        self._cooldown.admit(node.name)
         return str(node.name)
-
-    def _node_failed(self, node: str) -> None:
-        failures = self._node_failures.get(node, 0) + 1
-        self._node_failures[node] = failures
-        if failures >= NODE_FAILURES_BEFORE_COOLDOWN:
-            self._down_until[node] = time.monotonic() + self.node_cooldown
-
-
-async def _run(pipe: Any, indexes: Sequence[int], add: Callable[[Any, int], None]) -> list[Any]:
-    """Queue `add(pipe, i)` for each index, execute, and return the first reply of each index's commands."""
-    counts = []
-    for index in indexes:
-        before = len(pipe)
-        add(pipe, index)
-        counts.append(len(pipe) - before)
-    replies = await pipe.execute()
-    firsts, position = [], 0
-    for count in counts:
-        firsts.append(replies[position])
-        position += count
-    return firsts
-
-
-class _NodeCoolingDown(RedisConnectionError):
-    """A cluster node that failed recently is skipped until its cool-down ends."""
