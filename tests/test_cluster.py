@@ -215,7 +215,7 @@ async def test_sentinel_url_follows_a_failover(tmp_path: Path) -> None:
     primary = RedisServer(tmp_path / "primary", "--repl-diskless-sync-delay", "0").start()
     replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port)).start()
     sentinel = LocalSentinel(tmp_path / "sentinel", primary, down_after_ms=500).start()
-    cache = cached(redis_url=sentinel.url())
+    cache = cached(redis_url=sentinel.url(), timeout=0.5)  # a loaded CI machine: 50 ms is too tight to prime
     items = [f"item-{i}" for i in range(10)]
     try:
         async with client_for(cache) as client:
