@@ -13,6 +13,7 @@ import redis
 
 from redis_cache_middleware import RedisBackend
 from redis_cache_middleware.backends.tiered import TieredBackend
+from redis_cache_middleware.backends.tracking import _first_failure
 
 from .redis_server import RedisServer
 from .test_tiered import INVALIDATION_BOUND, data_commands, eventually, subscribed, tiered, until
@@ -187,3 +188,24 @@ async def test_a_cache_middleware_makes_its_tiered_backend_watch_only_its_own_ke
     finally:
         await backend.aclose()
         await chosen.aclose()
+
+
+async def test_a_tracking_session_ends_even_when_a_cancellation_is_dropped() -> None:
+    """When one connection's job fails, the others are cancelled; one that drops the cancellation (as
+    `asyncio.wait_for` does on Python 3.11 when the write completes at once) is cancelled again."""
+    dropped = asyncio.Event()
+
+    async def drops_one_cancellation() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            dropped.set()
+        await asyncio.Event().wait()
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise TimeoutError("no reply to PING")
+
+    with pytest.raises(TimeoutError, match="no reply to PING"):
+        await asyncio.wait_for(_first_failure([drops_one_cancellation(), fails()]), 2)
+    assert dropped.is_set()

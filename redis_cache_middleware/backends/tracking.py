@@ -87,10 +87,8 @@ class Tracker:
     async def aclose(self) -> None:
         self._closed = True
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None:
+            await _cancel([task])
         self._down()
 
     def _down(self) -> None:
@@ -257,10 +255,24 @@ async def _first_failure(jobs: list[Coroutine[Any, Any, None]]) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel(tasks)
     for task in done:
         failure = None if task.cancelled() else task.exception()
         if failure is not None:
             raise failure
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until every one has ended, cancelling again any that goes on: on Python
+    3.11, `asyncio.wait_for` (in redis-py's every send) drops a cancellation that arrives as the write
+    completes, and the task runs on as if never cancelled."""
+    pending, interrupted = {task for task in tasks if not task.done()}, False
+    while pending:
+        for task in pending:
+            task.cancel()
+        try:
+            _, pending = await asyncio.wait(pending, timeout=0.05)
+        except asyncio.CancelledError:  # we are cancelled too: first end what we started
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
