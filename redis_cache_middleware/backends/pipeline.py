@@ -88,25 +88,24 @@ class _Protocol(asyncio.Protocol):
         """Write `commands` in one write; one waiter per command, in order, each failing with
         `TimeoutError` if its reply has not come `within` s from now (see `_watch`)."""
         assert self.transport is not None
-        loop = self._loop
-        waiters: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
-        self.waiting.extend(waiters)
-        self.due.extend([loop.time() + within] * len(waiters))
-        self.limits.extend([within] * len(waiters))
+        waiters = [self._expect(within) for _ in commands]
         self.transport.write(b"".join(commands))
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(self.due[0], self._watch)
         return waiters
 
     def send_one(self, command: bytes, within: float) -> asyncio.Future[Any]:
         """`send` for one command, without the list: the hit path's `GET`."""
         assert self.transport is not None
+        waiter = self._expect(within)
+        self.transport.write(command)
+        return waiter
+
+    def _expect(self, within: float) -> asyncio.Future[Any]:
+        """A waiter for the next reply, due `within` s from now; the watchdog is armed for the oldest."""
         loop = self._loop
         waiter: asyncio.Future[Any] = loop.create_future()
         self.waiting.append(waiter)
         self.due.append(loop.time() + within)
         self.limits.append(within)
-        self.transport.write(command)
         if self._watchdog is None:
             self._watchdog = loop.call_at(self.due[0], self._watch)
         return waiter
