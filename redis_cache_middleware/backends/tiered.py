@@ -82,10 +82,9 @@ class TieredBackend:
         self.l2 = l2
         self.l1 = MemoryBackend(l1_max_bytes)
         self.l1_max_ttl = float(l1_max_ttl)
-        self.prefix = prefix or ""
         self._prefix_chosen = prefix is not None
         self.heartbeat = heartbeat
-        self.tracker = Tracker(l2.client, self, prefix=self.prefix, heartbeat=heartbeat, timeout=l2.timeout)
+        self.tracker = Tracker(l2.client, self, prefix=prefix or "", heartbeat=heartbeat, timeout=l2.timeout)
         self._get_script = Script(GET_WITH_TTL)
         self._inflight: dict[str, _Flight] = {}
         self._reads: dict[str, tuple[asyncio.Task[bytes | None], _Flight]] = {}
@@ -103,8 +102,13 @@ class TieredBackend:
         """Keep and watch only keys under `prefix` (a `CacheMiddleware` passes its key prefix), unless a
         prefix was given or tracking has started."""
         if not self._prefix_chosen and not self.tracker.started:
-            self.prefix = self.tracker.prefix = prefix
+            self.tracker.prefix = prefix
             self._prefix_chosen = True
+
+    @property
+    def prefix(self) -> str:
+        """The start of the keys kept in L1 and watched in Redis (the tracker's)."""
+        return self.tracker.prefix
 
     @property
     def subscribed(self) -> bool:
