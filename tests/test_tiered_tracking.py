@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from starlette.applications import Starlette
 
-from redis_cache_middleware import RedisBackend
+from redis_cache_middleware import CacheMiddleware, CacheRule, RedisBackend
 from redis_cache_middleware.backends.tiered import TieredBackend
 from redis_cache_middleware.backends.tracking import _first_failure
 
@@ -167,10 +168,6 @@ async def test_a_cache_middleware_makes_its_tiered_backend_watch_only_its_own_ke
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     """Without a `prefix`, the backend adopts the middleware's key prefix: Redis announces no other writes."""
-    from starlette.applications import Starlette
-
-    from redis_cache_middleware import CacheMiddleware, CacheRule
-
     backend = tiered(redis_server.url)
     CacheMiddleware(Starlette(), backend=backend, rules=[CacheRule("/x", ttl=5)], prefix="mycache")
     chosen = tiered(redis_server.url, prefix="")
